@@ -1,0 +1,52 @@
+# One command each on a fresh machine: `make fit`, `make test`. Both install first (skipped when up to date).
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch from the local wheel cache of this workplace; override for another CUDA/CPU build, e.g. TORCH="torch torchvision"
+TORCH ?= torch==2.14.1 torchvision==0.29.1
+CONFIG ?= configs/smoke.yaml
+# The real EMNIST sample when it sits beside the checkout, else ./data (downloaded with --data.download true)
+DATA_ROOT ?= $(if $(wildcard ../shared/data/emnist-sample),../shared/data/emnist-sample,data)
+ARGS ?=
+PYTEST_ARGS ?= -m "not slow"
+
+.PHONY: install fit validate test test-all lr-find tensorboard lint format clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(TORCH)
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $@
+
+fit: install
+	$(BIN)/python -m emnist_lit fit --config $(CONFIG) --data.root $(DATA_ROOT) $(ARGS)
+
+validate: install
+	$(BIN)/python -m emnist_lit validate --config $(CONFIG) --data.root $(DATA_ROOT) $(ARGS)
+
+lr-find: install
+	$(BIN)/python -m emnist_lit lr_find --config $(CONFIG) --data.root $(DATA_ROOT) \
+		--output_config $(basename $(CONFIG)).lr.yaml $(ARGS)
+
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-all: PYTEST_ARGS =
+test-all: test
+
+tensorboard: install
+	$(BIN)/tensorboard --logdir logs
+
+lint: install
+	$(BIN)/ruff check emnist_lit tests scripts
+	$(BIN)/ruff format --check emnist_lit tests scripts
+
+format: install
+	$(BIN)/ruff check --fix emnist_lit tests scripts
+	$(BIN)/ruff format emnist_lit tests scripts
+
+clean:
+	rm -rf logs lightning_logs .pytest_cache .ruff_cache **/__pycache__ *.egg-info

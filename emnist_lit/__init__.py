@@ -1,0 +1,1 @@
+"""Handwritten-character recognisers on EMNIST, trained and served through LightningCLI."""

@@ -1,0 +1,3 @@
+from emnist_lit.cli import main
+
+main()

@@ -1,0 +1,186 @@
+"""The command line: LightningCLI with linked arguments, standard callbacks, `lr_find`, and the prediction writer."""
+
+from __future__ import annotations
+
+import csv
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import BasePredictionWriter, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.tuner import Tuner
+
+from emnist_lit.data import EMNISTDataModule
+from emnist_lit.module import EMNISTClassifier
+
+
+def write_atomically(path: str | Path, write: Any, newline: str | None = None) -> None:
+    """Write through a temporary file in the same folder and rename it into place, so a crash never leaves a
+    half-written file under the final name."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", newline=newline, encoding="utf-8") as handle:
+            write(handle)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class CharacterWriter(BasePredictionWriter):
+    """Prints `ASCII_CODE, PATH` per image as the VIN reference's inference did, reports unreadable files on
+    stderr, and optionally writes a CSV with confidence and top-3 once every batch is done."""
+
+    def __init__(self, output: str | None = None, top_k: int = 3) -> None:
+        """
+        Args:
+            output: CSV file to write (`path,char,ascii,confidence,top3`); nothing is written when unset.
+            top_k: how many candidates the CSV's top column lists.
+        """
+        super().__init__(write_interval="batch")
+        self.output, self.top_k = output, top_k
+        self.rows: list[list[str]] = []
+        self.failed: list[str] = []
+
+    def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.rows, self.failed = [], []
+
+    def write_on_batch_end(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        prediction: torch.Tensor,
+        batch_indices: Any,
+        batch: tuple[torch.Tensor, list[str], list[tuple[str, str]]],
+        batch_idx: int,
+        dataloader_idx: int,
+    ) -> None:
+        _, paths, failures = batch
+        for path, reason in failures:
+            print(f"error: {path}: {reason}", file=sys.stderr, flush=True)
+            self.failed.append(path)
+        classes = pl_module.classes
+        top = prediction.float().topk(min(self.top_k, prediction.shape[1]), dim=1)
+        for path, probs, indices in zip(paths, top.values.tolist(), top.indices.tolist(), strict=True):
+            char = classes[indices[0]]
+            print(f"{ord(char)}, {path}", flush=True)
+            candidates = " ".join(f"{classes[i]}:{p:.4f}" for i, p in zip(indices, probs, strict=True))
+            self.rows.append([path, char, str(ord(char)), f"{probs[0]:.6f}", candidates])
+
+    def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.output:
+
+            def write(handle: Any) -> None:
+                writer = csv.writer(handle)
+                writer.writerow(["path", "char", "ascii", "confidence", f"top{self.top_k}"])
+                writer.writerows(self.rows)
+
+            write_atomically(self.output, write, newline="")
+        if self.failed:
+            print(f"{len(self.failed)} of {len(self.failed) + len(self.rows)} files failed", file=sys.stderr)
+
+
+class EMNISTTrainer(Trainer):
+    """Lightning's Trainer plus an `lr_find` subcommand, so the LR range test runs through the same CLI and config."""
+
+    def lr_find(
+        self,
+        model: LightningModule,
+        datamodule: EMNISTDataModule,
+        min_lr: float = 1e-6,
+        max_lr: float = 1.0,
+        num_training: int = 100,
+        output_config: str | None = None,
+    ) -> float | None:
+        """Run Lightning's LR range test, save the loss-vs-LR plot as `lr_find.png` in the log folder and print the
+        suggested learning rate.
+
+        Args:
+            min_lr: lowest learning rate tried.
+            max_lr: highest learning rate tried.
+            num_training: number of learning rates tried (one optimizer step each).
+            output_config: write a copy of the config with the suggested LR here, ready for `fit`.
+        """
+        finder = Tuner(self).lr_find(
+            model, datamodule=datamodule, min_lr=min_lr, max_lr=max_lr, num_training=num_training, update_attr=False
+        )
+        if finder is None:
+            return None
+        plot = Path(self.log_dir or ".") / "lr_find.png"
+        plot.parent.mkdir(parents=True, exist_ok=True)
+        finder.plot(suggest=True).savefig(plot)
+        self.lr_find_suggestion = finder.suggestion()
+        print(f"suggested learning rate: {self.lr_find_suggestion}\nplot: {plot}")
+        return self.lr_find_suggestion
+
+
+class EMNISTCLI(LightningCLI):
+    """`python -m emnist_lit fit|validate|test|predict|lr_find --config configs/X.yaml`."""
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        return {**LightningCLI.subcommands(), "lr_find": {"model", "datamodule"}}
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.link_arguments("data.classes", "model.classes", apply_on="instantiate")
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "checkpoint.monitor": "val/acc",
+                "checkpoint.mode": "max",
+                "checkpoint.save_last": True,
+                "checkpoint.filename": "epoch{epoch:02d}-acc{val/acc:.4f}",
+                "checkpoint.auto_insert_metric_name": False,
+            }
+        )
+        parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
+        parser.add_lightning_class_args(CharacterWriter, "prediction")
+        parser.add_argument("--output", type=str | None, default=None, help="predict: CSV file of predictions")
+        parser.link_arguments("output", "prediction.output")
+        parser.add_argument("--test_after_fit", type=bool, default=True, help="fit: test the best checkpoint after")
+
+    def before_instantiate_classes(self) -> None:
+        if self.subcommand == "predict":
+            self.config.predict.trainer.enable_progress_bar = False  # stdout carries the predictions
+
+    def after_fit(self) -> None:
+        if self.config.fit.test_after_fit and not self.trainer.interrupted:
+            best = self.trainer.checkpoint_callback.best_model_path if self.trainer.checkpoint_callback else ""
+            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)
+
+    def after_predict(self) -> None:
+        writer = next(c for c in self.trainer.callbacks if isinstance(c, CharacterWriter))
+        if writer.failed:
+            raise SystemExit(1)
+
+    def after_lr_find(self) -> None:
+        output = self.config.lr_find.output_config
+        suggestion = getattr(self.trainer, "lr_find_suggestion", None)
+        if not output or suggestion is None:
+            return
+        config = yaml.safe_load(self.parser.dump(self.config, format="yaml"))["lr_find"]
+        for key in ("min_lr", "max_lr", "num_training", "output_config", "config"):
+            config.pop(key, None)
+        config["model"]["optimizer"].setdefault("init_args", {})["lr"] = float(suggestion)
+        write_atomically(output, lambda handle: yaml.safe_dump(config, handle, sort_keys=False))
+        print(f"config with lr={suggestion:.3g} written to {output}")
+
+
+def main(args: list[str] | None = None) -> EMNISTCLI:
+    """Entry point of `python -m emnist_lit` and `emnist-lit`."""
+    return EMNISTCLI(
+        EMNISTClassifier,
+        EMNISTDataModule,
+        trainer_class=EMNISTTrainer,
+        seed_everything_default=42,
+        save_config_kwargs={"overwrite": True},
+        args=args,
+    )

@@ -1,0 +1,160 @@
+"""The LightningModule: a backbone, its input normalisation, the loss, and the torchmetrics suite."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.loggers import TensorBoardLogger
+from torchmetrics import MetricCollection
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassConfusionMatrix,
+    MulticlassF1Score,
+    MulticlassPrecision,
+    MulticlassRecall,
+)
+from torchvision.utils import make_grid
+
+from emnist_lit import reports
+from emnist_lit.data import BALANCED47_CHARSET
+from emnist_lit.models import BackboneName, StemName, build_backbone
+
+
+def metric_suite(num_classes: int, per_class: bool = False) -> MetricCollection:
+    """Accuracy and macro precision, recall and F1 (one number each), or all four per class."""
+    if per_class:
+        return MetricCollection(
+            {
+                "acc": MulticlassAccuracy(num_classes, average="none"),
+                "precision": MulticlassPrecision(num_classes, average="none"),
+                "recall": MulticlassRecall(num_classes, average="none"),
+                "f1": MulticlassF1Score(num_classes, average="none"),
+            }
+        )
+    return MetricCollection(
+        {
+            "acc": MulticlassAccuracy(num_classes, average="micro"),
+            "f1_macro": MulticlassF1Score(num_classes, average="macro"),
+            "precision_macro": MulticlassPrecision(num_classes, average="macro"),
+            "recall_macro": MulticlassRecall(num_classes, average="macro"),
+        }
+    )
+
+
+class EMNISTClassifier(L.LightningModule):
+    """Classifies upright [0, 1] character images into `classes`; the characters and the input normalisation are
+    stored in the checkpoint, so a checkpoint alone is enough to predict."""
+
+    def __init__(
+        self,
+        classes: str = BALANCED47_CHARSET,
+        backbone: BackboneName = "resnet34",
+        stem: StemName = "imagenet",
+        stem_activation: Literal["relu", "prelu"] = "relu",
+        dropout: float = 0.0,
+        label_smoothing: float = 0.0,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        scheduler: LRSchedulerCallable | None = None,
+        scheduler_monitor: str = "val/loss",
+        scheduler_interval: Literal["epoch", "step"] = "epoch",
+        mistakes_to_show: int = 32,
+    ) -> None:
+        """
+        Args:
+            classes: the characters, one per output, in label order (linked from the datamodule's charset).
+            backbone: network architecture.
+            stem: `imagenet` (7x7 stride-2 conv and max-pool) or `small` (3x3 stride-1, no max-pool); ResNets only.
+            stem_activation: activation after the ResNet stem; the VIN reference used PReLU.
+            dropout: dropout before the last linear layer.
+            label_smoothing: cross-entropy label smoothing.
+            optimizer: optimizer class and arguments, without the parameters.
+            scheduler: LR scheduler class and arguments, without the optimizer.
+            scheduler_monitor: metric a ReduceLROnPlateau scheduler watches.
+            scheduler_interval: step the scheduler every `epoch` or every optimizer `step` (one-cycle schedules).
+            mistakes_to_show: how many of the most confident test mistakes to draw in TensorBoard.
+        """
+        super().__init__()
+        self.save_hyperparameters(ignore=["optimizer", "scheduler"])
+        self.classes = classes
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.net = build_backbone(backbone, len(classes), stem, stem_activation, dropout)
+        self.register_buffer("input_mean", torch.tensor(0.0))
+        self.register_buffer("input_std", torch.tensor(1.0))
+        n = len(classes)
+        self.train_metrics = metric_suite(n).clone(prefix="train/")
+        self.val_metrics = metric_suite(n).clone(prefix="val/")
+        self.test_metrics = metric_suite(n).clone(prefix="test/")
+        self.test_per_class = metric_suite(n, per_class=True)
+        self.test_confusion = MulticlassConfusionMatrix(n)
+        self.mistakes = reports.MostConfidentMistakes(mistakes_to_show)
+
+    def setup(self, stage: str) -> None:
+        """Take the training set's mean and std before fitting; checkpoints restore them afterwards."""
+        normalization = getattr(self.trainer.datamodule, "normalization", None)
+        if stage == "fit" and normalization is not None:
+            self.input_mean.fill_(normalization[0])
+            self.input_std.fill_(normalization[1])
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net((images - self.input_mean) / self.input_std)
+
+    def _shared_step(self, batch: tuple[torch.Tensor, torch.Tensor], metrics: MetricCollection) -> torch.Tensor:
+        images, labels = batch
+        logits = self(images)
+        loss = F.cross_entropy(logits, labels, label_smoothing=self.hparams.label_smoothing)
+        metrics.update(logits, labels)
+        stage = metrics.prefix.rstrip("/")
+        self.log(f"{stage}/loss", loss, on_step=stage == "train", on_epoch=True, prog_bar=True)
+        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage != "train")
+        return logits if stage == "test" else loss
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        if batch_idx == 0 and self.current_epoch == 0 and isinstance(self.logger, TensorBoardLogger):
+            grid = make_grid(batch[0][:64], nrow=8, pad_value=0.5)
+            self.logger.experiment.add_image("train/augmented_samples", grid, self.global_step)
+        return self._shared_step(batch, self.train_metrics)
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._shared_step(batch, self.val_metrics)
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        logits = self._shared_step(batch, self.test_metrics)
+        self.test_per_class.update(logits, batch[1])
+        self.test_confusion.update(logits, batch[1])
+        self.mistakes.update(batch[0], logits, batch[1])
+
+    def on_test_epoch_end(self) -> None:
+        per_class = {name: value.cpu() for name, value in self.test_per_class.compute().items()}
+        confusion = self.test_confusion.compute().cpu()
+        self.log("hp_metric", self.test_metrics["acc"].compute())
+        if self.trainer.is_global_zero:
+            print(reports.per_class_table(self.classes, per_class, confusion))
+            print(reports.confused_pairs(self.classes, confusion))
+        if isinstance(self.logger, TensorBoardLogger) and self.trainer.is_global_zero:
+            writer, step = self.logger.experiment, self.global_step
+            writer.add_figure("test/confusion_matrix", reports.confusion_figure(self.classes, confusion), step)
+            writer.add_figure("test/per_class_accuracy", reports.per_class_figure(self.classes, per_class), step)
+            writer.add_figure("test/most_confident_mistakes", self.mistakes.figure(self.classes), step)
+        self.test_per_class.reset()
+        self.test_confusion.reset()
+        self.mistakes.reset()
+
+    def predict_step(self, batch: tuple[torch.Tensor, list[str]], batch_idx: int) -> torch.Tensor:
+        """Class probabilities for each image of the batch."""
+        return self(batch[0]).softmax(dim=1)
+
+    def configure_optimizers(self) -> dict:
+        optimizer = self.optimizer(self.parameters())
+        if self.scheduler is None:
+            return {"optimizer": optimizer}
+        scheduler = {
+            "scheduler": self.scheduler(optimizer),
+            "monitor": self.hparams.scheduler_monitor,
+            "interval": self.hparams.scheduler_interval,
+        }
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}
