@@ -1,0 +1,94 @@
+"""People's own scans and photos, made to look like EMNIST samples for `predict`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+
+IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP")
+"""Formats `predict` reads, decided by the file's content rather than its name."""
+
+
+def to_grayscale(image: Image.Image) -> torch.Tensor:
+    """Any PIL mode as a float (H, W) tensor in [0, 1]: transparency composited on white, 16-bit kept at full
+    precision rather than clipped to 8 bits."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        array = np.asarray(image, dtype=np.float32)
+        peak = 65535.0 if image.mode.startswith("I;16") else max(float(array.max()), 1.0)
+        return torch.from_numpy(array / peak).clamp_(0, 1)
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+    return torch.from_numpy(np.asarray(image.convert("L"), dtype=np.float32) / 255.0)
+
+
+def prepare_image(gray: torch.Tensor, size: int = 28, border: int = 2) -> torch.Tensor:
+    """Make a scan look like an EMNIST sample: light ink on dark, cropped to the ink, centred in a square with a
+    `border`-pixel margin, resized to `size` x `size`. Returns (1, size, size) in [0, 1]."""
+    edge = torch.cat([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
+    if edge.median() > 0.5:
+        gray = 1.0 - gray
+    gray = gray - gray.min()
+    if gray.max() <= 0.05:
+        raise ValueError("no ink found (the image is blank)")
+    gray = gray / gray.max()
+    rows, cols = torch.nonzero(gray > 0.3, as_tuple=True)
+    ink = gray[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+    height, width = ink.shape
+    side = max(height, width)
+    top, left = (side - height) // 2, (side - width) // 2
+    square = F.pad(ink, (left, side - width - left, top, side - height - top))
+    inner = size - 2 * border
+    resized = F.interpolate(
+        square[None, None], size=(inner, inner), mode="bilinear", antialias=True, align_corners=False
+    )
+    return F.pad(resized[0], (border,) * 4).clamp_(0, 1)
+
+
+def list_images(directory: str | Path | None, files: list[str] | None) -> list[str]:
+    """The files to predict on: every non-hidden file below `directory` (recursive, sorted, symlinked folders
+    not followed) and then `files`, in the order given."""
+    paths: list[str] = []
+    if directory is not None:
+        if not Path(directory).is_dir():
+            raise FileNotFoundError(f"predict_dir {directory}: not a folder")
+        for folder, subfolders, names in os.walk(directory):
+            subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
+            paths += [os.path.join(folder, n) for n in sorted(names) if not n.startswith(".")]
+    paths += list(files or [])
+    if not paths:
+        raise FileNotFoundError(f"no files to predict on in {directory or files!r}")
+    return paths
+
+
+class ImageFiles(Dataset):
+    """People's own images, decoded and prepared in DataLoader workers; a file that cannot be read yields its
+    reason instead of an image, so one bad file never stops the others."""
+
+    def __init__(self, paths: list[str]) -> None:
+        self.paths = paths
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor | None, str, str | None]:
+        path = self.paths[index]
+        try:
+            with Image.open(path, formats=IMAGE_FORMATS) as image:
+                image.load()
+                return prepare_image(to_grayscale(image)), path, None
+        except (OSError, UnidentifiedImageError, Image.DecompressionBombError, ValueError, SyntaxError) as err:
+            return None, path, str(err) or type(err).__name__
+
+
+def collate_images(items: list[tuple[torch.Tensor | None, str, str | None]]) -> tuple:
+    """Stack the readable images; keep (path, reason) of the others for the writer to report."""
+    good = [(image, path) for image, path, error in items if image is not None]
+    images = torch.stack([image for image, _ in good]) if good else torch.empty(0, 1, 28, 28)
+    return images, [path for _, path in good], [(path, error) for image, path, error in items if image is None]

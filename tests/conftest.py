@@ -1,0 +1,92 @@
+"""Shared fixtures: synthetic EMNIST files in NIST's exact format, and the real sample when it is present."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from emnist_lit.data import BALANCED47_CHARSET, MAPPING_FILE, SPLIT_FILES
+from emnist_lit.images import prepare_image
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE_ROOT = REPO.parent / "shared" / "data" / "emnist-sample"
+requires_sample = pytest.mark.skipif(not SAMPLE_ROOT.is_dir(), reason=f"real EMNIST sample not at {SAMPLE_ROOT}")
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """NIST's IDX encoding of a uint8 array: zero bytes, type 0x08, rank, big-endian sizes, then the data."""
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(n).to_bytes(4, "big") for n in array.shape)
+    return header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+
+
+def write_idx_gz(path: Path, array: np.ndarray) -> Path:
+    path.write_bytes(gzip.compress(idx_bytes(array)))
+    return path
+
+
+def class_templates(num_classes: int = len(BALANCED47_CHARSET), seed: int = 0) -> np.ndarray:
+    """One distinct 5x5 binary glyph per class, touching all four sides so cropping to the ink keeps its scale."""
+    rng = np.random.default_rng(seed)
+    glyphs = rng.random((num_classes, 5, 5)) < 0.5
+    glyphs[:, 0, 0] = glyphs[:, -1, -1] = True
+    return glyphs
+
+
+def render(glyph: np.ndarray, cell: int = 8) -> np.ndarray:
+    """A glyph drawn large, as a person's scan would be: light ink (1.0) on black (0.0)."""
+    return np.kron(glyph.astype(np.float32), np.ones((cell, cell), dtype=np.float32))
+
+
+def upright_samples(per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Upright uint8 images (N, 28, 28) and labels: each class's glyph prepared like EMNIST, plus pixel noise."""
+    rng = np.random.default_rng(seed)
+    base = np.stack([prepare_image(torch.from_numpy(render(g)))[0].numpy() for g in class_templates()])
+    labels = np.repeat(np.arange(len(base)), per_class)
+    images = base[labels] * 255 + rng.normal(0, 20, (len(labels), 28, 28))
+    order = rng.permutation(len(labels))
+    return np.clip(images, 0, 255).astype(np.uint8)[order], labels[order].astype(np.uint8)
+
+
+def write_emnist(root: Path, train_per_class: int = 24, test_per_class: int = 6) -> Path:
+    """Write EMNIST Balanced's four gzip'd IDX files and mapping into `root`, every image transposed as NIST stores
+    it, so the loading code meets exactly what it meets in the real download."""
+    root.mkdir(parents=True, exist_ok=True)
+    for split, per_class, seed in (("train", train_per_class, 1), ("test", test_per_class, 2)):
+        images, labels = upright_samples(per_class, seed)
+        write_idx_gz(root / f"{SPLIT_FILES[f'{split}_images']}.gz", images.transpose(0, 2, 1))
+        write_idx_gz(root / f"{SPLIT_FILES[f'{split}_labels']}.gz", labels)
+    mapping = "".join(f"{i} {ord(c)}\n" for i, c in enumerate(BALANCED47_CHARSET))
+    (root / MAPPING_FILE).write_text(mapping)
+    return root
+
+
+@pytest.fixture(scope="session")
+def emnist_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Synthetic EMNIST Balanced (47 classes, 24 train and 6 test images each) in NIST's format; read-only use."""
+    return write_emnist(tmp_path_factory.mktemp("emnist"))
+
+
+@pytest.fixture
+def fresh_emnist_root(tmp_path: Path) -> Path:
+    """Like `emnist_root`, but a private copy a test may damage."""
+    return write_emnist(tmp_path / "emnist")
+
+
+def smoke_args(root: Path, logs: Path, *extra: str) -> list[str]:
+    """CLI arguments for a few quiet CPU steps of the smoke config on `root`, logging under `logs`."""
+    return [
+        "--config",
+        str(REPO / "configs" / "smoke.yaml"),
+        f"--data.root={root}",
+        f"--trainer.logger.init_args.save_dir={logs}",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+        "--trainer.limit_train_batches=4",
+        "--trainer.limit_val_batches=2",
+        "--trainer.limit_test_batches=2",
+        *extra,
+    ]
