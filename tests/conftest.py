@@ -24,7 +24,7 @@ def idx_bytes(array: np.ndarray) -> bytes:
 
 
 def write_idx_gz(path: Path, array: np.ndarray) -> Path:
-    path.write_bytes(gzip.compress(idx_bytes(array)))
+    path.write_bytes(gzip.compress(idx_bytes(array), mtime=0))
     return path
 
 
