@@ -36,9 +36,9 @@ def class_templates(num_classes: int = len(BALANCED47_CHARSET), seed: int = 0) -
     return glyphs
 
 
-def render(glyph: np.ndarray, cell: int = 8) -> np.ndarray:
-    """A glyph drawn large, as a person's scan would be: light ink (1.0) on black (0.0)."""
-    return np.kron(glyph.astype(np.float32), np.ones((cell, cell), dtype=np.float32))
+def render(glyph: np.ndarray, cell: int = 8, margin: int = 8) -> np.ndarray:
+    """A glyph drawn large with a margin, as a person's scan would be: light ink (1.0) on black (0.0)."""
+    return np.pad(np.kron(glyph.astype(np.float32), np.ones((cell, cell), dtype=np.float32)), margin)
 
 
 def upright_samples(per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -88,5 +88,18 @@ def smoke_args(root: Path, logs: Path, *extra: str) -> list[str]:
         "--trainer.limit_train_batches=4",
         "--trainer.limit_val_batches=2",
         "--trainer.limit_test_batches=2",
+        "--trainer.log_every_n_steps=1",
         *extra,
     ]
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint(tmp_path_factory: pytest.TempPathFactory, emnist_root: Path) -> Path:
+    """A LeNet that has learned the synthetic glyphs (test accuracy 1.0), for tests that need a real model."""
+    from emnist_lit.cli import main
+
+    logs = tmp_path_factory.mktemp("trained")
+    overrides = ["--trainer.max_epochs=6", "--trainer.limit_train_batches=null", "--trainer.limit_val_batches=null"]
+    cli = main(["fit", *smoke_args(emnist_root, logs, *overrides, "--trainer.limit_test_batches=null")])
+    assert cli.trainer.callback_metrics["test/acc"] == 1.0, "the synthetic glyphs should be learned exactly"
+    return Path(cli.trainer.checkpoint_callback.best_model_path)

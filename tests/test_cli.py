@@ -1,0 +1,85 @@
+"""The CLI end to end on synthetic EMNIST: fit, validate, test, what they write, and bad configs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import smoke_args
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from emnist_lit.cli import main
+from emnist_lit.data import VIN_CHARSET
+
+
+@pytest.fixture(scope="module")
+def vin_run(emnist_root: Path, tmp_path_factory: pytest.TempPathFactory):
+    logs = tmp_path_factory.mktemp("logs")
+    return main(["fit", *smoke_args(emnist_root, logs, "--data.charset=vin33")])
+
+
+def test_fit_writes_checkpoints_config_and_tensorboard_then_tests(vin_run) -> None:
+    log_dir = Path(vin_run.trainer.log_dir)
+    checkpoints = sorted(p.name for p in (log_dir / "checkpoints").glob("*.ckpt"))
+    assert "last.ckpt" in checkpoints and any(name.startswith("epoch") for name in checkpoints)
+    config = yaml.safe_load((log_dir / "config.yaml").read_text())
+    assert config["data"]["charset"] == "vin33" and config["model"]["backbone"] == "lenet"
+    metrics = vin_run.trainer.callback_metrics
+    assert {"test/acc", "test/f1_macro", "test/precision_macro", "test/recall_macro"} <= metrics.keys()
+    events = EventAccumulator(str(log_dir), size_guidance={"images": 0}).Reload()
+    scalars = set(events.Tags()["scalars"])
+    assert {"train/loss_step", "val/acc", "val/f1_macro", "val/loss", "test/acc", "lr-SGD"} <= scalars
+    images = set(events.Tags()["images"])
+    assert {"train/augmented_samples", "test/confusion_matrix", "test/most_confident_mistakes"} <= images
+    assert "test/per_class_accuracy" in images
+
+
+def test_checkpoint_alone_knows_its_classes_and_normalisation(vin_run) -> None:
+    best = vin_run.trainer.checkpoint_callback.best_model_path
+    checkpoint = torch.load(best, weights_only=True, map_location="cpu")
+    assert checkpoint["hyper_parameters"]["classes"] == VIN_CHARSET
+    mean, std = vin_run.datamodule.normalization
+    assert checkpoint["state_dict"]["input_mean"].item() == pytest.approx(mean)
+    assert checkpoint["state_dict"]["input_std"].item() == pytest.approx(std)
+    assert vin_run.model(torch.zeros(2, 1, 28, 28)).shape == (2, 33), "num_classes is linked from the charset"
+
+
+def test_validate_and_test_from_checkpoint_reproduce_its_score(vin_run, emnist_root: Path, tmp_path: Path) -> None:
+    callback = vin_run.trainer.checkpoint_callback
+    args = [*smoke_args(emnist_root, tmp_path, "--data.charset=vin33"), f"--ckpt_path={callback.best_model_path}"]
+    validated = main(["validate", *args])
+    assert validated.trainer.callback_metrics["val/acc"].item() == pytest.approx(callback.best_model_score.item())
+    tested = main(["test", *args])
+    assert tested.trainer.callback_metrics["test/acc"] == vin_run.trainer.callback_metrics["test/acc"]
+
+
+def test_test_prints_per_class_report_and_confused_pairs(
+    trained_checkpoint: Path, emnist_root: Path, tmp_path: Path, capsys
+) -> None:
+    main(
+        [
+            "test",
+            *smoke_args(emnist_root, tmp_path, "--trainer.limit_test_batches=null"),
+            f"--ckpt_path={trained_checkpoint}",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert "precision" in out and "recall" in out and "support" in out
+    row = next(line.split() for line in out.splitlines() if line.split()[:1] == ["A"])
+    assert row == ["A", "1.0000", "1.0000", "1.0000", "6"]
+    assert "most confused" in out
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [("--data.batch_size=many", "batch_size"), ("--model.backbone=vgg", "backbone"), ("--data.charst=vin33", "charst")],
+)
+def test_bad_config_values_are_refused_by_name(
+    override: str, named: str, emnist_root: Path, tmp_path: Path, capsys
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", *smoke_args(emnist_root, tmp_path, override)])
+    assert exit_info.value.code != 0
+    assert named in capsys.readouterr().err
