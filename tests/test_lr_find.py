@@ -1,0 +1,34 @@
+"""`lr_find`: Lightning's LR range test through the CLI, its plot, and a config ready for `fit`."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import yaml
+from conftest import smoke_args
+
+from emnist_lit.cli import main
+
+
+def test_lr_find_saves_plot_prints_suggestion_and_writes_config(emnist_root: Path, tmp_path: Path, capsys) -> None:
+    output = tmp_path / "smoke.lr.yaml"
+    cli = main(
+        [
+            "lr_find",
+            *smoke_args(emnist_root, tmp_path / "logs"),
+            "--num_training=40",
+            "--data.batch_size=16",
+            "--trainer.limit_train_batches=null",
+            f"--output_config={output}",
+        ]
+    )
+    suggestion = cli.trainer.lr_find_suggestion
+    assert suggestion is not None and math.isfinite(suggestion) and 1e-6 <= suggestion <= 1.0
+    assert (Path(cli.trainer.log_dir) / "lr_find.png").stat().st_size > 1000
+    assert f"suggested learning rate: {suggestion}" in capsys.readouterr().out
+    config = yaml.safe_load(output.read_text())
+    assert config["model"]["optimizer"]["init_args"]["lr"] == suggestion
+    assert config["model"]["optimizer"]["class_path"] == "torch.optim.SGD" and "num_training" not in config
+    fit = main(["fit", "--config", str(output), "--trainer.fast_dev_run=1", "--test_after_fit=false"])
+    assert fit.model.optimizers().param_groups[0]["lr"] == suggestion
