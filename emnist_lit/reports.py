@@ -41,6 +41,7 @@ def confusion_figure(classes: str, confusion: torch.Tensor) -> Figure:
     ax.set_yticks(range(len(classes)), list(classes))
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
+    ax.set_title("test confusion matrix (colour: log(1 + count))")
     fig.tight_layout()
     return fig
 
