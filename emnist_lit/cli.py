@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -15,8 +16,21 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.tuner import Tuner
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from emnist_lit.data import EMNISTDataModule
+from emnist_lit.data import EMNISTConfigError, EMNISTDataError, EMNISTDataModule
+from emnist_lit.export import (
+    CheckpointError,
+    CheckpointOnSigterm,
+    check_charset,
+    check_ckpt_path,
+    check_resume_folder,
+    export_bundle,
+    load_bundle_weights,
+    load_checkpoint,
+    read_bundle,
+)
+from emnist_lit.images import ImageInputError
 from emnist_lit.module import EMNISTClassifier
 
 
@@ -118,8 +132,36 @@ class EMNISTTrainer(Trainer):
         plot.parent.mkdir(parents=True, exist_ok=True)
         finder.plot(suggest=True).savefig(plot)
         self.lr_find_suggestion = finder.suggestion()
-        print(f"suggested learning rate: {self.lr_find_suggestion}\nplot: {plot}")
+        if self.lr_find_suggestion is None:
+            print(
+                f"no learning rate suggested: too few points before the loss diverged; raise num_training\nplot: {plot}"
+            )
+        else:
+            print(f"suggested learning rate: {self.lr_find_suggestion}\nplot: {plot}")
         return self.lr_find_suggestion
+
+    def export(
+        self,
+        model: LightningModule,
+        datamodule: EMNISTDataModule,
+        ckpt_path: str,
+        export_dir: str | None = None,
+        onnx: bool = True,
+    ) -> list[Path]:
+        """Write a deployment bundle of a checkpoint (see `emnist_lit.export.export_bundle`); the model comes from
+        the checkpoint's own hyperparameters, whatever the config says.
+
+        Args:
+            ckpt_path: the checkpoint to export.
+            export_dir: folder for the bundle; default `<checkpoint name>-bundle` beside the checkpoint.
+            onnx: also write `model.onnx` (needs the `export` extra: onnx, onnxscript).
+        """
+        load_checkpoint(ckpt_path)
+        trained = type(model).load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True)
+        folder = Path(export_dir) if export_dir else Path(ckpt_path).parent / f"{Path(ckpt_path).stem}-bundle"
+        written = export_bundle(trained, folder, onnx=onnx)
+        print("\n".join(f"wrote {path}" for path in written))
+        return written
 
 
 class EMNISTCLI(LightningCLI):
@@ -127,7 +169,7 @@ class EMNISTCLI(LightningCLI):
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
-        return {**LightningCLI.subcommands(), "lr_find": {"model", "datamodule"}}
+        return {**LightningCLI.subcommands(), "lr_find": {"model", "datamodule"}, "export": {"model", "datamodule"}}
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.classes", "model.classes", apply_on="instantiate")
@@ -142,14 +184,45 @@ class EMNISTCLI(LightningCLI):
             }
         )
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
+        parser.add_lightning_class_args(CheckpointOnSigterm, "sigterm_checkpoint")
         parser.add_lightning_class_args(CharacterWriter, "prediction")
         parser.add_argument("--output", type=str | None, default=None, help="predict: CSV file of predictions")
         parser.link_arguments("output", "prediction.output")
         parser.add_argument("--test_after_fit", type=bool, default=True, help="fit: test the best checkpoint after")
+        parser.add_argument("--bundle", type=str | None, default=None, help="predict: an exported bundle folder")
+
+    def _parse_ckpt_path(self) -> None:
+        """Read `--ckpt_path` as untrusted data before Lightning does, and take predict's `--bundle` hyperparameters
+        the way Lightning takes a checkpoint's."""
+        subcommand = self.config.get("subcommand")
+        if subcommand:
+            config = self.config[subcommand]
+            checkpoint = check_ckpt_path(config.get("ckpt_path"))
+            classes = (checkpoint or {}).get("hyper_parameters", {}).get("classes")
+            if subcommand == "predict" and isinstance(classes, str):  # the charset only sets the model's classes
+                self.config = self.parser.parse_object({subcommand: {"data": {"charset": classes}}}, self.config)
+            elif checkpoint is not None and subcommand in ("validate", "test"):
+                check_charset(config.ckpt_path, checkpoint, config.data.charset)
+            if subcommand == "fit":
+                check_resume_folder(config.get("ckpt_path"), config.checkpoint.dirpath, config.trainer.logger)
+            if bundle := self.config[subcommand].get("bundle"):
+                if subcommand != "predict" or self.config[subcommand].get("ckpt_path"):
+                    raise CheckpointError(f"bundle {bundle}: use --bundle with predict, instead of --ckpt_path")
+                info = read_bundle(bundle)
+                hparams = {k: v for k, v in info["hparams"].items() if k != "classes"}
+                overrides = {subcommand: {"model": hparams, "data": {"charset": info["classes"]}}}
+                self.config = self.parser.parse_object(overrides, self.config)
+        super()._parse_ckpt_path()
 
     def before_instantiate_classes(self) -> None:
-        if self.subcommand == "predict":
-            self.config.predict.trainer.enable_progress_bar = False  # stdout carries the predictions
+        if self.subcommand in ("predict", "export"):  # stdout carries the results; no logs or config to save
+            self.config[self.subcommand].trainer.enable_progress_bar = False
+            self.config[self.subcommand].trainer.logger = False
+            self.save_config_callback = None
+
+    def after_instantiate_classes(self) -> None:
+        if self.subcommand and (bundle := self.config[self.subcommand].get("bundle")):
+            load_bundle_weights(self.model, bundle)
 
     def after_fit(self) -> None:
         if self.config.fit.test_after_fit and not self.trainer.interrupted:
@@ -175,12 +248,18 @@ class EMNISTCLI(LightningCLI):
 
 
 def main(args: list[str] | None = None) -> EMNISTCLI:
-    """Entry point of `python -m emnist_lit` and `emnist-lit`."""
-    return EMNISTCLI(
-        EMNISTClassifier,
-        EMNISTDataModule,
-        trainer_class=EMNISTTrainer,
-        seed_everything_default=42,
-        save_config_kwargs={"overwrite": True},
-        args=args,
-    )
+    """Entry point of `python -m emnist_lit` and `emnist-lit`: bad data, options and checkpoints end in one
+    `error: ...` line rather than a traceback, and a SIGTERM'd fit exits 143 like a killed process."""
+    try:
+        return EMNISTCLI(
+            EMNISTClassifier,
+            EMNISTDataModule,
+            trainer_class=EMNISTTrainer,
+            seed_everything_default=42,
+            save_config_kwargs={"overwrite": True},
+            args=args,
+        )
+    except (EMNISTDataError, EMNISTConfigError, CheckpointError, ImageInputError) as err:
+        raise SystemExit(f"error: {err}") from None
+    except SIGTERMException:
+        raise SystemExit(128 + signal.SIGTERM) from None

@@ -43,6 +43,10 @@ class EMNISTDataError(RuntimeError):
     """EMNIST files are missing, corrupt or inconsistent; the message names the file and the fix."""
 
 
+class EMNISTConfigError(ValueError):
+    """A datamodule option has a value that cannot work; the message names the option and the value."""
+
+
 def resolve_charset(charset: str) -> str:
     """Turn a charset name (`balanced47`, `vin33`) or an explicit string of characters into the characters, in
     NIST's label order, so that the same characters always get the same class index."""
@@ -50,12 +54,12 @@ def resolve_charset(charset: str) -> str:
     unknown = sorted(set(chars) - set(BALANCED47_CHARSET))
     if not chars or unknown:
         problem = "empty" if not chars else f"characters not in EMNIST Balanced: {''.join(unknown)!r}"
-        raise ValueError(
+        raise EMNISTConfigError(
             f"charset {charset!r}: {problem}; use one of {sorted(NAMED_CHARSETS)} or a string of characters "
             f"from {BALANCED47_CHARSET!r}"
         )
     if len(set(chars)) != len(chars):
-        raise ValueError(f"charset {charset!r}: repeated characters")
+        raise EMNISTConfigError(f"charset {charset!r}: repeated characters")
     return "".join(c for c in BALANCED47_CHARSET if c in chars)
 
 
@@ -78,7 +82,8 @@ class FileSource:
         try:
             if self.member is not None:
                 with zipfile.ZipFile(self.path) as archive:
-                    return gzip.decompress(archive.read(self.member))
+                    member = archive.read(self.member)
+                return gzip.decompress(member) if self.member.endswith(".gz") else member  # NIST's mapping: plain
             data = self.path.read_bytes()
             return gzip.decompress(data) if self.path.suffix == ".gz" else data
         except (OSError, EOFError, zipfile.BadZipFile, KeyError) as err:
@@ -142,14 +147,17 @@ def missing_files_message(root: str | Path) -> str:
 
 
 def download_emnist(root: str | Path, url: str = EMNIST.url, md5: str | None = EMNIST.md5) -> Path:
-    """Download NIST's archive into a temporary file next to its destination, check its md5, then move it into
-    place, so an interrupted or corrupt download never leaves anything that a later run mistakes for data."""
+    """Download NIST's archive into a temporary file next to its destination, check its md5 and that it opens as a
+    zip, then move it into place, so an interrupted or corrupt download never leaves anything that a later run
+    mistakes for data."""
     raw = Path(root) / "EMNIST" / "raw"
     raw.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=raw, prefix=".download-") as tmp:
         try:
             download_url(url, tmp, filename=NIST_ARCHIVE, md5=md5)
-        except Exception as err:  # urllib, socket and md5 failures all mean the same to a user
+            with zipfile.ZipFile(Path(tmp) / NIST_ARCHIVE):
+                pass  # a cut-short zip lacks its central directory: caught here even without an md5
+        except Exception as err:  # urllib, socket, md5 and zip failures all mean the same to a user
             raise EMNISTDataError(f"download of {url} failed ({err}). {missing_files_message(root)}") from err
         os.replace(Path(tmp) / NIST_ARCHIVE, raw / NIST_ARCHIVE)
     return raw / NIST_ARCHIVE
@@ -237,7 +245,7 @@ class IndexedImages(Dataset):
         return self.images[index], self.labels[index], self.augment[index]
 
     def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        index = torch.as_tensor(indices)
+        index = torch.as_tensor(indices, device=self.images.device)
         return self.images[index], self.labels[index], self.augment[index]
 
 
@@ -254,6 +262,8 @@ class EMNISTDataModule(L.LightningDataModule):
         root: str = "data",
         charset: str = "balanced47",
         download: bool = False,
+        download_url: str = EMNIST.url,
+        download_md5: str | None = EMNIST.md5,
         batch_size: int = 512,
         val_fraction: float = 0.05,
         split_seed: int = 42,
@@ -266,6 +276,7 @@ class EMNISTDataModule(L.LightningDataModule):
         num_workers: int = 0,
         pin_memory: bool = False,
         persistent_workers: bool = False,
+        on_device: bool = False,
         predict_dir: str | None = None,
         predict_files: list[str] | None = None,
         predict_workers: int = 2,
@@ -275,6 +286,8 @@ class EMNISTDataModule(L.LightningDataModule):
             root: folder holding EMNIST Balanced in any of the forms `find_emnist_files` accepts.
             charset: `balanced47`, `vin33`, or a string of EMNIST Balanced characters to keep.
             download: fetch NIST's archive when nothing is found under `root`.
+            download_url: where to fetch it from: NIST's URL, or a mirror.
+            download_md5: the archive's expected md5 (NIST's by default); null skips the check.
             batch_size: images per batch, in every stage.
             val_fraction: share of every class of the training files held out for validation.
             split_seed: seed of the train/val split; change it only on purpose.
@@ -289,15 +302,17 @@ class EMNISTDataModule(L.LightningDataModule):
             num_workers: DataLoader workers; batches are assembled by tensor indexing, so 0 is usually fastest.
             pin_memory: pin host batches for faster copies to a GPU.
             persistent_workers: keep workers alive between epochs (only with num_workers > 0).
+            on_device: on a CUDA trainer, move the uint8 images to the GPU once (about 90 MB for all of EMNIST
+                Balanced) and index batches there: no per-batch copy, no workers. Ignored on CPU.
             predict_dir: folder of images for `predict` (searched recursively).
             predict_files: image files for `predict`, after those of `predict_dir`.
             predict_workers: DataLoader workers decoding images for `predict`.
         """
         super().__init__()
         if not 0.0 < val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be between 0 and 1, got {val_fraction}")
+            raise EMNISTConfigError(f"val_fraction must be between 0 and 1, got {val_fraction}")
         if batch_size < 1:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
+            raise EMNISTConfigError(f"batch_size must be positive, got {batch_size}")
         self.save_hyperparameters()
         self.classes = resolve_charset(charset)
         self.normalization: tuple[float, float] | None = None
@@ -323,7 +338,7 @@ class EMNISTDataModule(L.LightningDataModule):
             return
         if not self.hparams.download:
             raise EMNISTDataError(missing_files_message(root))
-        download_emnist(root)
+        download_emnist(root, self.hparams.download_url, self.hparams.download_md5)
         if find_emnist_files(root) is None:
             raise EMNISTDataError(
                 f"{root / 'EMNIST' / 'raw' / NIST_ARCHIVE}: downloaded, but it holds no Balanced split"
@@ -346,9 +361,10 @@ class EMNISTDataModule(L.LightningDataModule):
             self.normalization = _mean_std(images[train_idx])
             self.train_set = self._training_set(images[train_idx], labels[train_idx])
             self.val_set = IndexedImages(images[val_idx], labels[val_idx], torch.zeros(len(val_idx), dtype=torch.bool))
+            self.train_set, self.val_set = self._on_device(self.train_set), self._on_device(self.val_set)
         if stage == "test" and self.test_set is None:
             images, labels = self._filter(*load_split(files, "test"))
-            self.test_set = IndexedImages(images, labels, torch.zeros(len(labels), dtype=torch.bool))
+            self.test_set = self._on_device(IndexedImages(images, labels, torch.zeros(len(labels), dtype=torch.bool)))
 
     def _filter(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Keep the charset's classes and renumber them 0..n-1 in NIST's order."""
@@ -365,13 +381,29 @@ class EMNISTDataModule(L.LightningDataModule):
             return IndexedImages(images.repeat(2, 1, 1), labels.repeat(2), torch.cat([~augment, augment]))
         return IndexedImages(images, labels, augment)
 
+    @property
+    def data_device(self) -> torch.device | None:
+        """The CUDA device that holds the datasets when `on_device` is set and the trainer runs on one, else None."""
+        if not self.hparams.on_device or self.trainer is None:
+            return None
+        device = self.trainer.strategy.root_device
+        return device if device.type == "cuda" else None
+
+    def _on_device(self, dataset: IndexedImages) -> IndexedImages:
+        device = self.data_device
+        if device is None:
+            return dataset
+        return IndexedImages(dataset.images.to(device), dataset.labels.to(device), dataset.augment.to(device))
+
     def _loader(self, dataset: IndexedImages | None, train: bool = False) -> DataLoader:
         if dataset is None:
             raise RuntimeError("setup() has not prepared this stage's data")
         hp = self.hparams
+        on_device = dataset.images.device.type != "cpu"
         sampler = None
         if train and hp.balance_classes:
-            weights = (1.0 / torch.bincount(dataset.labels).double())[dataset.labels]
+            labels = dataset.labels.cpu()
+            weights = (1.0 / torch.bincount(labels).double())[labels]
             sampler = WeightedRandomSampler(weights, num_samples=len(dataset), replacement=True)
         return DataLoader(
             dataset,
@@ -379,9 +411,9 @@ class EMNISTDataModule(L.LightningDataModule):
             shuffle=train and sampler is None,
             sampler=sampler,
             collate_fn=keep_batch,
-            num_workers=hp.num_workers,
-            pin_memory=hp.pin_memory,
-            persistent_workers=hp.persistent_workers and hp.num_workers > 0,
+            num_workers=0 if on_device else hp.num_workers,
+            pin_memory=hp.pin_memory and not on_device,
+            persistent_workers=hp.persistent_workers and hp.num_workers > 0 and not on_device,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -11,6 +11,11 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+
+class ImageInputError(FileNotFoundError):
+    """The images to predict on cannot be found; the message names the folder or files."""
+
+
 IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP")
 """Formats `predict` reads, decided by the file's content rather than its name."""
 
@@ -57,13 +62,13 @@ def list_images(directory: str | Path | None, files: list[str] | None) -> list[s
     paths: list[str] = []
     if directory is not None:
         if not Path(directory).is_dir():
-            raise FileNotFoundError(f"predict_dir {directory}: not a folder")
+            raise ImageInputError(f"predict_dir {directory}: not a folder")
         for folder, subfolders, names in os.walk(directory):
             subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
             paths += [os.path.join(folder, n) for n in sorted(names) if not n.startswith(".")]
     paths += list(files or [])
     if not paths:
-        raise FileNotFoundError(f"no files to predict on in {directory or files!r}")
+        raise ImageInputError(f"no files to predict on in {directory if directory is not None else files}")
     return paths
 
 

@@ -83,8 +83,10 @@ def test_dark_on_light_and_light_on_dark_give_the_same_prediction(
 
 
 def test_predict_on_an_empty_folder_is_a_clear_error(trained_checkpoint: Path, tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="no files to predict on"):
+    with pytest.raises(SystemExit, match=f"error: no files to predict on in {tmp_path}"):
         main(["predict", f"--ckpt_path={trained_checkpoint}", f"--data.predict_dir={tmp_path}"])
+    with pytest.raises(SystemExit, match=r"error: predict_dir .*missing: not a folder"):
+        main(["predict", f"--ckpt_path={trained_checkpoint}", f"--data.predict_dir={tmp_path / 'missing'}"])
 
 
 def test_preparation_matches_emnist_geometry() -> None:
