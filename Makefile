@@ -4,13 +4,13 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # torch from the local wheel cache of this workplace; override for another CUDA/CPU build, e.g. TORCH="torch torchvision"
 TORCH ?= torch==2.14.1 torchvision==0.29.1
-CONFIG ?= configs/smoke.yaml
+CONFIG ?= configs/fast_vin.yaml
 # The real EMNIST sample when it sits beside the checkout, else ./data (downloaded with --data.download true)
 DATA_ROOT ?= $(if $(wildcard ../shared/data/emnist-sample),../shared/data/emnist-sample,data)
 ARGS ?=
 PYTEST_ARGS ?= -m "not slow"
 
-.PHONY: install fit validate test test-all lr-find tensorboard lint format clean
+.PHONY: install fit validate test test-all lr-find tensorboard bench lint format clean
 
 install: $(VENV)/.installed
 
@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH)
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,export]"
 	touch $@
 
 fit: install
@@ -39,6 +39,10 @@ test-all: test
 
 tensorboard: install
 	$(BIN)/tensorboard --logdir logs
+
+# Training images/s of the reference's PIL data path against this project's batched one (< 5 min on 2 CPU cores)
+bench: install
+	$(BIN)/python scripts/benchmark.py --data-root $(DATA_ROOT) $(ARGS)
 
 lint: install
 	$(BIN)/ruff check emnist_lit tests scripts

@@ -56,6 +56,8 @@ class EMNISTClassifier(L.LightningModule):
         stem: StemName = "imagenet",
         stem_activation: Literal["relu", "prelu"] = "relu",
         dropout: float = 0.0,
+        width: int = 32,
+        channels_last: bool = False,
         label_smoothing: float = 0.0,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         scheduler: LRSchedulerCallable | None = None,
@@ -70,11 +72,14 @@ class EMNISTClassifier(L.LightningModule):
             stem: `imagenet` (7x7 stride-2 conv and max-pool) or `small` (3x3 stride-1, no max-pool); ResNets only.
             stem_activation: activation after the ResNet stem; the VIN reference used PReLU.
             dropout: dropout before the last linear layer.
+            width: channels of the first stage of the `cnn` backbone (doubled twice).
+            channels_last: run the network in NHWC memory order, which oneDNN (CPU) and tensor cores (CUDA) prefer.
             label_smoothing: cross-entropy label smoothing.
             optimizer: optimizer class and arguments, without the parameters.
             scheduler: LR scheduler class and arguments, without the optimizer.
             scheduler_monitor: metric a ReduceLROnPlateau scheduler watches.
-            scheduler_interval: step the scheduler every `epoch` or every optimizer `step` (one-cycle schedules).
+            scheduler_interval: step the scheduler every `epoch` or every optimizer `step` (one-cycle schedules);
+                a scheduler with an unset `total_steps` (OneCycleLR) gets the trainer's estimated step count.
             mistakes_to_show: how many of the most confident test mistakes to draw in TensorBoard.
         """
         super().__init__()
@@ -82,7 +87,9 @@ class EMNISTClassifier(L.LightningModule):
         self.classes = classes
         self.optimizer = optimizer
         self.scheduler = scheduler
-        self.net = build_backbone(backbone, len(classes), stem, stem_activation, dropout)
+        self.net = build_backbone(backbone, len(classes), stem, stem_activation, dropout, width)
+        if channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
         self.register_buffer("input_mean", torch.tensor(0.0))
         self.register_buffer("input_std", torch.tensor(1.0))
         n = len(classes)
@@ -101,7 +108,10 @@ class EMNISTClassifier(L.LightningModule):
             self.input_std.fill_(normalization[1])
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net((images - self.input_mean) / self.input_std)
+        images = (images - self.input_mean) / self.input_std
+        if self.hparams.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return self.net(images)
 
     def _shared_step(self, batch: tuple[torch.Tensor, torch.Tensor], metrics: MetricCollection) -> torch.Tensor:
         images, labels = batch
@@ -152,8 +162,11 @@ class EMNISTClassifier(L.LightningModule):
         optimizer = self.optimizer(self.parameters())
         if self.scheduler is None:
             return {"optimizer": optimizer}
+        kwargs = {}
+        if getattr(self.scheduler, "keywords", {}).get("total_steps", 0) is None:
+            kwargs["total_steps"] = int(self.trainer.estimated_stepping_batches)
         scheduler = {
-            "scheduler": self.scheduler(optimizer),
+            "scheduler": self.scheduler(optimizer, **kwargs),
             "monitor": self.hparams.scheduler_monitor,
             "interval": self.hparams.scheduler_interval,
         }
