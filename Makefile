@@ -10,7 +10,7 @@ DATA_ROOT ?= $(if $(wildcard ../shared/data/emnist-sample),../shared/data/emnist
 ARGS ?=
 PYTEST_ARGS ?= -m "not slow"
 
-.PHONY: install fit validate test test-all lr-find tensorboard bench lint format clean
+.PHONY: install fit validate test test-all lr-find tensorboard bench bench-predict lint format clean
 
 install: $(VENV)/.installed
 
@@ -43,6 +43,10 @@ tensorboard: install
 # Training images/s of the reference's PIL data path against this project's batched one (< 5 min on 2 CPU cores)
 bench: install
 	$(BIN)/python scripts/benchmark.py --data-root $(DATA_ROOT) $(ARGS)
+
+# Images/s of batched predict against a one-image-at-a-time loop on 2,000 PNGs
+bench-predict: install
+	$(BIN)/python scripts/bench_predict.py --data-root $(DATA_ROOT) $(ARGS)
 
 lint: install
 	$(BIN)/ruff check emnist_lit tests scripts
