@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import csv
-import os
 import signal
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -29,24 +27,10 @@ from emnist_lit.export import (
     load_bundle_weights,
     load_checkpoint,
     read_bundle,
+    write_atomically,
 )
 from emnist_lit.images import ImageInputError
 from emnist_lit.module import EMNISTClassifier
-
-
-def write_atomically(path: str | Path, write: Any, newline: str | None = None) -> None:
-    """Write through a temporary file in the same folder and rename it into place, so a crash never leaves a
-    half-written file under the final name."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline=newline, encoding="utf-8") as handle:
-            write(handle)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class CharacterWriter(BasePredictionWriter):
@@ -92,12 +76,13 @@ class CharacterWriter(BasePredictionWriter):
     def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.output:
 
-            def write(handle: Any) -> None:
-                writer = csv.writer(handle)
-                writer.writerow(["path", "char", "ascii", "confidence", f"top{self.top_k}"])
-                writer.writerows(self.rows)
+            def write(tmp: Path) -> None:
+                with tmp.open("w", newline="", encoding="utf-8") as handle:
+                    writer = csv.writer(handle)
+                    writer.writerow(["path", "char", "ascii", "confidence", f"top{self.top_k}"])
+                    writer.writerows(self.rows)
 
-            write_atomically(self.output, write, newline="")
+            write_atomically(self.output, write)
         if self.failed:
             print(f"{len(self.failed)} of {len(self.failed) + len(self.rows)} files failed", file=sys.stderr)
 
@@ -243,7 +228,7 @@ class EMNISTCLI(LightningCLI):
         for key in ("min_lr", "max_lr", "num_training", "output_config", "config"):
             config.pop(key, None)
         config["model"]["optimizer"].setdefault("init_args", {})["lr"] = float(suggestion)
-        write_atomically(output, lambda handle: yaml.safe_dump(config, handle, sort_keys=False))
+        write_atomically(output, lambda tmp: tmp.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8"))
         print(f"config with lr={suggestion:.3g} written to {output}")
 
 

@@ -101,8 +101,11 @@ def check_resume_folder(ckpt_path: str | None, checkpoint_dirpath: str | None, l
         )
 
 
-def _write_atomically(path: Path, write: Callable[[Path], Any]) -> None:
-    """Let `write` fill a temporary file beside `path`, then rename it into place."""
+def write_atomically(path: str | Path, write: Callable[[Path], Any]) -> None:
+    """Let `write` fill a temporary file beside `path`, then rename it into place, so a crash never leaves a
+    half-written file under the final name."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     umask = os.umask(0)
@@ -157,13 +160,13 @@ def export_bundle(model: EMNISTClassifier, export_dir: str | Path, onnx: bool = 
     written = []
 
     weights = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    _write_atomically(out / BUNDLE_WEIGHTS, lambda tmp: save_file(weights, str(tmp), metadata={"format": "pt"}))
+    write_atomically(out / BUNDLE_WEIGHTS, lambda tmp: save_file(weights, str(tmp), metadata={"format": "pt"}))
     written.append(out / BUNDLE_WEIGHTS)
 
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated, but still what most servers load
         traced = torch.jit.trace(inference, example)
-    _write_atomically(out / BUNDLE_TORCHSCRIPT, lambda tmp: traced.save(str(tmp)))
+    write_atomically(out / BUNDLE_TORCHSCRIPT, lambda tmp: traced.save(str(tmp)))
     written.append(out / BUNDLE_TORCHSCRIPT)
 
     if onnx:
@@ -186,12 +189,12 @@ def export_bundle(model: EMNISTClassifier, export_dir: str | Path, onnx: bool = 
                     external_data=False,
                     verbose=False,
                 )
-            _write_atomically(out / BUNDLE_ONNX, lambda tmp: program.save(str(tmp), external_data=False))
+            write_atomically(out / BUNDLE_ONNX, lambda tmp: program.save(str(tmp), external_data=False))
             written.append(out / BUNDLE_ONNX)
 
     info = {**describe(model), "files": [path.name for path in written]}
     text = json.dumps(info, indent=2, ensure_ascii=False) + "\n"
-    _write_atomically(out / BUNDLE_JSON, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    write_atomically(out / BUNDLE_JSON, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     return [*written, out / BUNDLE_JSON]
 
 
