@@ -25,7 +25,6 @@ from emnist_lit.export import (
     check_resume_folder,
     export_bundle,
     load_bundle_weights,
-    load_checkpoint,
     read_bundle,
     write_atomically,
 )
@@ -134,14 +133,14 @@ class EMNISTTrainer(Trainer):
         onnx: bool = True,
     ) -> list[Path]:
         """Write a deployment bundle of a checkpoint (see `emnist_lit.export.export_bundle`); the model comes from
-        the checkpoint's own hyperparameters, whatever the config says.
+        the checkpoint's own hyperparameters, whatever the config says. The CLI has already read the checkpoint
+        as data (`_parse_ckpt_path`), so a bad file never gets this far.
 
         Args:
             ckpt_path: the checkpoint to export.
             export_dir: folder for the bundle; default `<checkpoint name>-bundle` beside the checkpoint.
             onnx: also write `model.onnx` (needs the `export` extra: onnx, onnxscript).
         """
-        load_checkpoint(ckpt_path)
         trained = type(model).load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True)
         folder = Path(export_dir) if export_dir else Path(ckpt_path).parent / f"{Path(ckpt_path).stem}-bundle"
         written = export_bundle(trained, folder, onnx=onnx)
