@@ -204,6 +204,12 @@ class EMNISTCLI(LightningCLI):
             self.config[self.subcommand].trainer.logger = False
             self.save_config_callback = None
 
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        trainer = super().instantiate_trainer(**kwargs)
+        if not trainer.loggers:  # LearningRateMonitor refuses to start without a logger and has nowhere to write
+            trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, LearningRateMonitor)]
+        return trainer
+
     def after_instantiate_classes(self) -> None:
         if self.subcommand and (bundle := self.config[self.subcommand].get("bundle")):
             load_bundle_weights(self.model, bundle)

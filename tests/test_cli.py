@@ -7,11 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import smoke_args
+from conftest import REPO, smoke_args
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from emnist_lit.cli import main
-from emnist_lit.data import VIN_CHARSET
+from emnist_lit.cli import EMNISTCLI, EMNISTTrainer, main
+from emnist_lit.data import VIN_CHARSET, EMNISTDataModule
+from emnist_lit.module import EMNISTClassifier
 
 
 @pytest.fixture(scope="module")
@@ -83,3 +84,25 @@ def test_bad_config_values_are_refused_by_name(
         main(["fit", *smoke_args(emnist_root, tmp_path, override)])
     assert exit_info.value.code != 0
     assert named in capsys.readouterr().err
+
+
+def test_fit_without_a_logger_still_checkpoints(emnist_root: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)  # with no logger, Lightning writes checkpoints under the working folder
+    cli = main(["fit", *smoke_args(emnist_root, tmp_path, "--trainer.logger=false", "--test_after_fit=false")])
+    assert cli.trainer.global_step == cli.trainer.max_epochs * 4  # limit_train_batches=4
+    assert Path(cli.trainer.checkpoint_callback.best_model_path).is_file()
+
+
+@pytest.mark.parametrize("config", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_shipped_config_builds_its_model_and_data(config: Path, emnist_root: Path) -> None:
+    cli = EMNISTCLI(
+        EMNISTClassifier,
+        EMNISTDataModule,
+        trainer_class=EMNISTTrainer,
+        run=False,
+        args=["--config", str(config), f"--data.root={emnist_root}", "--trainer.logger=false"],
+    )
+    assert cli.model.classes == cli.datamodule.classes
+    with torch.no_grad():
+        logits = cli.model.eval()(torch.zeros(2, 1, 28, 28))
+    assert logits.shape == (2, len(cli.datamodule.classes))
