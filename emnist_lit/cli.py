@@ -86,6 +86,20 @@ class CharacterWriter(BasePredictionWriter):
             print(f"{len(self.failed)} of {len(self.failed) + len(self.rows)} files failed", file=sys.stderr)
 
 
+def steepest_descent_lr(lrs: list[float], losses: list[float], skip_begin: int = 10, skip_end: int = 1) -> float | None:
+    """The learning rate where the loss falls fastest per decade of LR. Lightning 2.6's `suggestion()` takes the
+    slope per unit of LR on a log-spaced sweep, which pulls its pick towards the smallest LRs (Lightning issue
+    #21141); this is the same rule with the derivative taken against log10(lr)."""
+    lr = torch.tensor(lrs[skip_begin:-skip_end], dtype=torch.float64)
+    loss = torch.tensor(losses[skip_begin:-skip_end], dtype=torch.float64)
+    finite = torch.isfinite(loss)
+    lr, loss = lr[finite], loss[finite]
+    if len(loss) < 2:
+        return None
+    slope = torch.gradient(loss, spacing=[torch.log10(lr)])[0]
+    return float(lr[torch.argmin(slope)])
+
+
 class EMNISTTrainer(Trainer):
     """Lightning's Trainer plus an `lr_find` subcommand, so the LR range test runs through the same CLI and config."""
 
@@ -114,8 +128,12 @@ class EMNISTTrainer(Trainer):
             return None
         plot = Path(self.log_dir or ".") / "lr_find.png"
         plot.parent.mkdir(parents=True, exist_ok=True)
-        finder.plot(suggest=True).savefig(plot)
-        self.lr_find_suggestion = finder.suggestion()
+        self.lr_find_suggestion = steepest_descent_lr(finder.results["lr"], finder.results["loss"])
+        figure = finder.plot(suggest=False)
+        if self.lr_find_suggestion is not None:
+            figure.axes[0].axvline(self.lr_find_suggestion, color="red", linestyle="--", label="suggested")
+            figure.axes[0].legend()
+        figure.savefig(plot)
         if self.lr_find_suggestion is None:
             print(
                 f"no learning rate suggested: too few points before the loss diverged; raise num_training\nplot: {plot}"

@@ -5,10 +5,12 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import pytest
+import torch
 import yaml
 from conftest import smoke_args
 
-from emnist_lit.cli import main
+from emnist_lit.cli import main, steepest_descent_lr
 
 
 def test_lr_find_saves_plot_prints_suggestion_and_writes_config(emnist_root: Path, tmp_path: Path, capsys) -> None:
@@ -32,3 +34,11 @@ def test_lr_find_saves_plot_prints_suggestion_and_writes_config(emnist_root: Pat
     assert config["model"]["optimizer"]["class_path"] == "torch.optim.SGD" and "num_training" not in config
     fit = main(["fit", "--config", str(output), "--trainer.fast_dev_run=1", "--test_after_fit=false"])
     assert fit.model.optimizers().param_groups[0]["lr"] == suggestion
+
+
+def test_suggestion_is_the_steepest_fall_per_decade_of_lr() -> None:
+    lrs = torch.logspace(-6, 0, 100).tolist()
+    # a loss that falls from 4 to 1 along a logistic in log10(lr), steepest at 1e-3, then diverges past 0.1
+    losses = [1 + 3 / (1 + math.exp(4 * (math.log10(lr) + 3))) + (5 * lr if lr > 0.1 else 0) for lr in lrs]
+    assert steepest_descent_lr(lrs, losses) == pytest.approx(1e-3, rel=0.15)
+    assert steepest_descent_lr(lrs[:5], losses[:5]) is None
