@@ -233,20 +233,29 @@ def random_affine(
 
 class IndexedImages(Dataset):
     """uint8 images, labels and an augment flag, fetched a whole batch of indices at a time (`__getitems__`), so a
-    DataLoader needs no workers and no per-sample Python to assemble a batch."""
+    DataLoader needs no workers and no per-sample Python to assemble a batch. Item i shows image `rows[i]` (default
+    i), so a plain and an augmented copy of the training set share one image tensor."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, augment: torch.Tensor) -> None:
-        self.images, self.labels, self.augment = images, labels, augment
+    def __init__(
+        self, images: torch.Tensor, labels: torch.Tensor, augment: torch.Tensor, rows: torch.Tensor | None = None
+    ) -> None:
+        self.images, self.labels, self.augment, self.rows = images, labels, augment, rows
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return self.images[index], self.labels[index], self.augment[index]
+        row = index if self.rows is None else self.rows[index]
+        return self.images[row], self.labels[index], self.augment[index]
 
     def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         index = torch.as_tensor(indices, device=self.images.device)
-        return self.images[index], self.labels[index], self.augment[index]
+        rows = index if self.rows is None else self.rows[index]
+        return self.images[rows], self.labels[index], self.augment[index]
+
+    def to(self, device: torch.device) -> IndexedImages:
+        rows = None if self.rows is None else self.rows.to(device)
+        return IndexedImages(self.images.to(device), self.labels.to(device), self.augment.to(device), rows)
 
 
 def keep_batch(batch: object) -> object:
@@ -378,7 +387,8 @@ class EMNISTDataModule(L.LightningDataModule):
     def _training_set(self, images: torch.Tensor, labels: torch.Tensor) -> IndexedImages:
         augment = torch.full((len(labels),), self.augments)
         if self.hparams.include_plain_copy and self.augments:
-            return IndexedImages(images.repeat(2, 1, 1), labels.repeat(2), torch.cat([~augment, augment]))
+            rows = torch.arange(len(labels)).repeat(2)
+            return IndexedImages(images, labels.repeat(2), torch.cat([~augment, augment]), rows)
         return IndexedImages(images, labels, augment)
 
     @property
@@ -393,7 +403,7 @@ class EMNISTDataModule(L.LightningDataModule):
         device = self.data_device
         if device is None:
             return dataset
-        return IndexedImages(dataset.images.to(device), dataset.labels.to(device), dataset.augment.to(device))
+        return dataset.to(device)
 
     def _loader(self, dataset: IndexedImages | None, train: bool = False) -> DataLoader:
         if dataset is None:

@@ -176,6 +176,12 @@ def test_training_batches_are_float_upright_and_augmented_only_when_training(emn
     dm.setup("fit")
     assert len(dm.train_set) == 2 * (47 * 24 - 47)  # plain and augmented copy of the 95%
     assert dm.train_set.augment.sum() == len(dm.train_set) // 2
+    n = len(dm.train_set) // 2
+    assert len(dm.train_set.images) == n  # both copies index one image tensor
+    plain, augmented = dm.train_set.__getitems__(list(range(n))), dm.train_set.__getitems__(list(range(n, 2 * n)))
+    assert torch.equal(plain[0], augmented[0]) and torch.equal(plain[1], augmented[1])
+    assert not plain[2].any() and augmented[2].all()
+    assert torch.equal(dm.train_set[n + 3][0], plain[0][3])
     batch = next(iter(dm.val_dataloader()))
     images, labels = dm.on_after_batch_transfer(batch, 0)
     assert images.shape == (16, 1, 28, 28) and images.dtype == torch.float32
