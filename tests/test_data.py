@@ -19,6 +19,7 @@ from emnist_lit.data import (
     EMNISTDataError,
     EMNISTDataModule,
     FileSource,
+    IndexedImages,
     find_emnist_files,
     fix_orientation,
     load_split,
@@ -229,3 +230,21 @@ def test_real_sample_charsets_and_split(charset: str, classes: int) -> None:
     again = EMNISTDataModule(root=str(SAMPLE_ROOT), charset=charset)
     again.setup("fit")
     assert torch.equal(again.val_set.labels, dm.val_set.labels) and torch.equal(again.val_set.images, dm.val_set.images)
+
+
+@pytest.mark.parametrize("balance_classes", [False, True])
+def test_balance_classes_draws_every_class_equally_often(emnist_root: Path, balance_classes: bool) -> None:
+    dm = EMNISTDataModule(root=str(emnist_root), batch_size=512, balance_classes=balance_classes)
+    dm.setup("fit")
+    natural = dm.train_set
+    # make class 0 twenty times as common as any other, as rare and common characters are in the real files
+    rows = torch.cat([torch.arange(len(natural)), torch.nonzero(natural.labels == 0).flatten().repeat(19)])
+    dm.train_set = IndexedImages(natural.images, natural.labels[rows], natural.augment[rows], rows)
+    torch.manual_seed(0)
+    labels = torch.cat([batch[1] for _ in range(10) for batch in dm.train_dataloader()])
+    share_of_class_0 = (labels == 0).float().mean().item()
+    if balance_classes:
+        assert share_of_class_0 == pytest.approx(1 / 47, abs=0.006)
+        assert torch.bincount(labels, minlength=47).min() > 0.7 * len(labels) / 47
+    else:
+        assert share_of_class_0 == pytest.approx(20 / 66, abs=0.03)
