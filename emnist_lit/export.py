@@ -119,19 +119,6 @@ def write_atomically(path: str | Path, write: Callable[[Path], Any]) -> None:
         raise
 
 
-class Inference(nn.Module):
-    """The classifier without Lightning: upright [0, 1] images (B, 1, 28, 28) in, logits (B, classes) out."""
-
-    def __init__(self, model: EMNISTClassifier) -> None:
-        super().__init__()
-        self.net = model.net
-        self.register_buffer("input_mean", model.input_mean.detach().clone())
-        self.register_buffer("input_std", model.input_std.detach().clone())
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net((images - self.input_mean) / self.input_std)
-
-
 def describe(model: EMNISTClassifier) -> dict[str, Any]:
     """What a consumer of the bundle needs besides the weights: the characters, the input and the architecture."""
     hparams = {
@@ -155,7 +142,6 @@ def export_bundle(model: EMNISTClassifier, export_dir: str | Path, onnx: bool = 
     out = Path(export_dir)
     out.mkdir(parents=True, exist_ok=True)
     model = model.cpu().eval()
-    inference = Inference(model).eval()
     example = torch.rand(2, 1, 28, 28)
     written = []
 
@@ -165,7 +151,7 @@ def export_bundle(model: EMNISTClassifier, export_dir: str | Path, onnx: bool = 
 
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated, but still what most servers load
-        traced = torch.jit.trace(inference, example)
+        traced = model.to_torchscript(method="trace", example_inputs=example)
     write_atomically(out / BUNDLE_TORCHSCRIPT, lambda tmp: traced.save(str(tmp)))
     written.append(out / BUNDLE_TORCHSCRIPT)
 
@@ -179,8 +165,8 @@ def export_bundle(model: EMNISTClassifier, export_dir: str | Path, onnx: bool = 
         else:
             batch = torch.export.Dim("batch", min=1)
             with torch.no_grad():
-                program = torch.onnx.export(
-                    inference,
+                program = model.to_onnx(
+                    None,
                     (example,),
                     dynamo=True,
                     input_names=["images"],
