@@ -2,17 +2,20 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
-# torch from the local wheel cache of this workplace; override for another CUDA/CPU build, e.g. TORCH="torch torchvision"
+# The torch build pip installs first; for a CUDA build give e.g. TORCH="torch torchvision --index-url URL"
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 CONFIG ?= configs/fast_vin.yaml
-# The real EMNIST sample when it sits beside the checkout, else ./data (downloaded with --data.download true)
+# Where EMNIST is looked for: an optional local copy beside the checkout, else ./data (downloaded on first use)
 DATA_ROOT ?= $(if $(wildcard ../shared/data/emnist-sample),../shared/data/emnist-sample,data)
 ARGS ?=
-PYTEST_ARGS ?= -m "not slow"
+PYTEST_ARGS ?=
 
-.PHONY: install fit validate test test-all lr-find tensorboard bench bench-predict lint format clean
+.PHONY: help install fit validate test test-fast lr-find tensorboard bench bench-predict lint format clean
 
-install: $(VENV)/.installed
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+install: $(VENV)/.installed ## create .venv and install the project with its dev and export extras
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,40 +24,40 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[dev,export]"
 	touch $@
 
-fit: install
+fit: install ## train, validate and test CONFIG (default configs/fast_vin.yaml) on DATA_ROOT
 	$(BIN)/python -m emnist_lit fit --config $(CONFIG) --data.root $(DATA_ROOT) $(ARGS)
 
-validate: install
+validate: install ## validate CONFIG (ARGS="--ckpt_path X")
 	$(BIN)/python -m emnist_lit validate --config $(CONFIG) --data.root $(DATA_ROOT) $(ARGS)
 
-lr-find: install
+lr-find: install ## LR range test of CONFIG; writes CONFIG's .lr.yaml copy with the suggestion
 	$(BIN)/python -m emnist_lit lr_find --config $(CONFIG) --data.root $(DATA_ROOT) \
 		--output_config $(basename $(CONFIG)).lr.yaml $(ARGS)
 
-test: install
+test: install ## the whole test suite (slow resume, SIGTERM and DDP tests too), then lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
-
-test-all: PYTEST_ARGS =
-test-all: test
-
-tensorboard: install
-	$(BIN)/tensorboard --logdir logs
-
-# Training images/s of the reference's PIL data path against this project's batched one (< 5 min on 2 CPU cores)
-bench: install
-	$(BIN)/python scripts/benchmark.py --data-root $(DATA_ROOT) $(ARGS)
-
-# Images/s of batched predict against a one-image-at-a-time loop on 2,000 PNGs
-bench-predict: install
-	$(BIN)/python scripts/bench_predict.py --data-root $(DATA_ROOT) $(ARGS)
-
-lint: install
 	$(BIN)/ruff check emnist_lit tests scripts
 	$(BIN)/ruff format --check emnist_lit tests scripts
 
-format: install
+test-fast: install ## the suite without the slow tests
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+tensorboard: install ## TensorBoard over logs/
+	$(BIN)/tensorboard --logdir logs
+
+bench: install ## training images/s: a per-sample PIL data path against the batched one
+	$(BIN)/python scripts/benchmark.py --data-root $(DATA_ROOT) $(ARGS)
+
+bench-predict: install ## predict images/s: batched against one image at a time, on 2,000 PNGs
+	$(BIN)/python scripts/bench_predict.py --data-root $(DATA_ROOT) $(ARGS)
+
+lint: install ## ruff check and format check
+	$(BIN)/ruff check emnist_lit tests scripts
+	$(BIN)/ruff format --check emnist_lit tests scripts
+
+format: install ## ruff fix and format
 	$(BIN)/ruff check --fix emnist_lit tests scripts
 	$(BIN)/ruff format emnist_lit tests scripts
 
-clean:
+clean: ## remove logs and caches (not .venv)
 	rm -rf logs lightning_logs .pytest_cache .ruff_cache **/__pycache__ *.egg-info

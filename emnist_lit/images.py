@@ -11,10 +11,7 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-
-class ImageInputError(FileNotFoundError):
-    """The images to predict on cannot be found; the message names the folder or files."""
-
+from emnist_lit.errors import ImageInputError
 
 IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP")
 """Formats `predict` reads, decided by the file's content rather than its name."""

@@ -8,19 +8,10 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.loggers import TensorBoardLogger
 from torchmetrics import MetricCollection
-from torchmetrics.classification import (
-    MulticlassAccuracy,
-    MulticlassConfusionMatrix,
-    MulticlassF1Score,
-    MulticlassPrecision,
-    MulticlassRecall,
-)
-from torchvision.utils import make_grid
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score, MulticlassPrecision, MulticlassRecall
 
-from emnist_lit import reports
-from emnist_lit.data import BALANCED47_CHARSET
+from emnist_lit.charsets import BALANCED47_CHARSET
 from emnist_lit.models import BackboneName, StemName, build_backbone
 
 
@@ -63,7 +54,6 @@ class EMNISTClassifier(L.LightningModule):
         scheduler: LRSchedulerCallable | None = None,
         scheduler_monitor: str = "val/loss",
         scheduler_interval: Literal["epoch", "step"] = "epoch",
-        mistakes_to_show: int = 32,
     ) -> None:
         """
         Args:
@@ -80,7 +70,6 @@ class EMNISTClassifier(L.LightningModule):
             scheduler_monitor: metric a ReduceLROnPlateau scheduler watches.
             scheduler_interval: step the scheduler every `epoch` or every optimizer `step` (one-cycle schedules);
                 a scheduler with an unset `total_steps` (OneCycleLR) gets the trainer's estimated step count.
-            mistakes_to_show: how many of the most confident test mistakes to draw in TensorBoard.
         """
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
@@ -96,9 +85,6 @@ class EMNISTClassifier(L.LightningModule):
         self.train_metrics = metric_suite(n).clone(prefix="train/")
         self.val_metrics = metric_suite(n).clone(prefix="val/")
         self.test_metrics = metric_suite(n).clone(prefix="test/")
-        self.test_per_class = metric_suite(n, per_class=True)
-        self.test_confusion = MulticlassConfusionMatrix(n)
-        self.mistakes = reports.MostConfidentMistakes(mistakes_to_show)
 
     def setup(self, stage: str) -> None:
         """Take the training set's mean and std before fitting; checkpoints restore them afterwards."""
@@ -124,35 +110,17 @@ class EMNISTClassifier(L.LightningModule):
         return logits if stage == "test" else loss
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        if batch_idx == 0 and self.current_epoch == 0 and isinstance(self.logger, TensorBoardLogger):
-            grid = make_grid(batch[0][:64], nrow=8, pad_value=0.5)
-            self.logger.experiment.add_image("train/augmented_samples", grid, self.global_step)
         return self._shared_step(batch, self.train_metrics)
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self._shared_step(batch, self.val_metrics)
 
-    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        logits = self._shared_step(batch, self.test_metrics)
-        self.test_per_class.update(logits, batch[1])
-        self.test_confusion.update(logits, batch[1])
-        self.mistakes.update(batch[0], logits, batch[1])
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        """The logits, for callbacks that report more than the headline metrics (`TestReport`)."""
+        return self._shared_step(batch, self.test_metrics)
 
     def on_test_epoch_end(self) -> None:
-        per_class = {name: value.cpu() for name, value in self.test_per_class.compute().items()}
-        confusion = self.test_confusion.compute().cpu()
         self.log("hp_metric", self.test_metrics["acc"].compute())
-        if self.trainer.is_global_zero:
-            print(reports.per_class_table(self.classes, per_class, confusion))
-            print(reports.confused_pairs(self.classes, confusion))
-        if isinstance(self.logger, TensorBoardLogger) and self.trainer.is_global_zero:
-            writer, step = self.logger.experiment, self.global_step
-            writer.add_figure("test/confusion_matrix", reports.confusion_figure(self.classes, confusion), step)
-            writer.add_figure("test/per_class_accuracy", reports.per_class_figure(self.classes, per_class), step)
-            writer.add_figure("test/most_confident_mistakes", self.mistakes.figure(self.classes), step)
-        self.test_per_class.reset()
-        self.test_confusion.reset()
-        self.mistakes.reset()
 
     def predict_step(self, batch: tuple[torch.Tensor, list[str]], batch_idx: int) -> torch.Tensor:
         """Class probabilities for each image of the batch."""

@@ -1,4 +1,4 @@
-"""What a test run shows a person: per-class tables, confused pairs, and TensorBoard figures."""
+"""What a test run shows a person: per-class tables, confused pairs and figures, drawn from computed metrics."""
 
 from __future__ import annotations
 
@@ -30,20 +30,6 @@ def confused_pairs(classes: str, confusion: torch.Tensor, top: int = 10) -> str:
         if c > 0
     ]
     return "\n".join(lines)
-
-
-def confusion_figure(classes: str, confusion: torch.Tensor) -> Figure:
-    """The confusion matrix with the characters on both axes, counts shown on a log-like colour scale."""
-    size = max(6.0, 0.25 * len(classes))
-    fig, ax = plt.subplots(figsize=(size, size))
-    ax.imshow(confusion.float().log1p(), cmap="viridis")
-    ax.set_xticks(range(len(classes)), list(classes))
-    ax.set_yticks(range(len(classes)), list(classes))
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title("test confusion matrix (colour: log(1 + count))")
-    fig.tight_layout()
-    return fig
 
 
 def per_class_figure(classes: str, per_class: dict[str, torch.Tensor]) -> Figure:

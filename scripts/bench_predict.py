@@ -17,10 +17,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from emnist_lit.cli import CharacterWriter
-from emnist_lit.data import VIN_CHARSET, EMNISTDataModule, find_emnist_files, load_split
+from emnist_lit.charsets import VIN_CHARSET
+from emnist_lit.data import EMNISTDataModule, find_emnist_files, load_split
 from emnist_lit.images import list_images, prepare_image, to_grayscale
 from emnist_lit.module import EMNISTClassifier
+from emnist_lit.prediction import CharacterWriter
 
 SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "emnist-sample"
 

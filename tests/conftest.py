@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from emnist_lit.data import BALANCED47_CHARSET, MAPPING_FILE, SPLIT_FILES
+from emnist_lit.charsets import BALANCED47_CHARSET
+from emnist_lit.data import MAPPING_FILE, SPLIT_FILES
 from emnist_lit.images import prepare_image
 
 REPO = Path(__file__).resolve().parents[1]

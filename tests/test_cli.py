@@ -10,9 +10,11 @@ import yaml
 from conftest import REPO, smoke_args
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from emnist_lit.cli import EMNISTCLI, EMNISTTrainer, main
-from emnist_lit.data import VIN_CHARSET, EMNISTDataModule
+from emnist_lit.charsets import VIN_CHARSET
+from emnist_lit.cli import EMNISTCLI, main
+from emnist_lit.data import EMNISTDataModule
 from emnist_lit.module import EMNISTClassifier
+from emnist_lit.trainer import EMNISTTrainer
 
 
 @pytest.fixture(scope="module")

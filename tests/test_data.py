@@ -12,20 +12,18 @@ import pytest
 import torch
 from conftest import SAMPLE_ROOT, idx_bytes, requires_sample, upright_samples, write_emnist, write_idx_gz
 
+from emnist_lit.charsets import BALANCED47_CHARSET, VIN_CHARSET, resolve_charset
 from emnist_lit.data import (
-    BALANCED47_CHARSET,
     SPLIT_FILES,
-    VIN_CHARSET,
-    EMNISTDataError,
     EMNISTDataModule,
     FileSource,
     IndexedImages,
     find_emnist_files,
     fix_orientation,
     load_split,
-    resolve_charset,
     stratified_split,
 )
+from emnist_lit.errors import EMNISTDataError
 
 
 def test_charsets_resolve_to_characters_in_nist_order() -> None:

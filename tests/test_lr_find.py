@@ -10,7 +10,8 @@ import torch
 import yaml
 from conftest import smoke_args
 
-from emnist_lit.cli import main, steepest_descent_lr
+from emnist_lit.cli import main
+from emnist_lit.trainer import steepest_descent_lr
 
 
 def test_lr_find_saves_plot_prints_suggestion_and_writes_config(emnist_root: Path, tmp_path: Path, capsys) -> None:

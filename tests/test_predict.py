@@ -11,8 +11,8 @@ import torch
 from conftest import class_templates, render
 from PIL import Image
 
+from emnist_lit.charsets import BALANCED47_CHARSET
 from emnist_lit.cli import main
-from emnist_lit.data import BALANCED47_CHARSET
 from emnist_lit.images import prepare_image, to_grayscale
 
 

@@ -132,9 +132,13 @@ def test_damaged_data_files_fail_fit_with_one_line(
 
 def test_missing_data_root_names_the_folder(tmp_path: Path, capsys) -> None:
     root = tmp_path / "nowhere"
-    message = cli_error(["fit", *smoke_args(root, tmp_path / "logs")], capsys)
-    assert message.startswith(f"error: EMNIST Balanced not found under {root}")
+    offline = "--data.download_url=http://127.0.0.1:9/gzip.zip"  # nothing listens on the discard port
+    message = cli_error(["fit", *smoke_args(root, tmp_path / "logs"), offline], capsys)
+    assert message.startswith(f"error: EMNIST Balanced not found under {root}, and its download failed")
+    assert "emnist-balanced-train-images-idx3-ubyte.gz" in message
     assert not root.exists()
+    message = cli_error(["fit", *smoke_args(root, tmp_path / "logs"), "--data.download=false"], capsys)
+    assert message.startswith(f"error: EMNIST Balanced not found under {root} (download is off)")
 
 
 def test_charset_with_a_character_emnist_lacks_names_it(emnist_root: Path, tmp_path: Path, capsys) -> None:

@@ -1,195 +1,26 @@
-"""EMNIST Balanced as a LightningDataModule: finding NIST's files, orientation, charsets, split, augmentation."""
+"""EMNIST Balanced as a LightningDataModule: charset filtering, the 95/5 split, class balancing, batching."""
 
 from __future__ import annotations
 
-import gzip
-import math
-import os
-import tempfile
-import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 from torchvision.datasets import EMNIST
-from torchvision.datasets.utils import download_url
 
+from emnist_lit.charsets import BALANCED47_CHARSET, resolve_charset
+from emnist_lit.data.augment import random_affine
+from emnist_lit.data.nist_files import (
+    NIST_ARCHIVE,
+    download_emnist,
+    find_emnist_files,
+    load_split,
+    missing_files_message,
+    read_mapping,
+)
+from emnist_lit.errors import EMNISTConfigError, EMNISTDataError
 from emnist_lit.images import ImageFiles, collate_images, list_images
-
-BALANCED47_CHARSET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabdefghnqrt"
-"""EMNIST Balanced's 47 classes in NIST's label order (its mapping file)."""
-
-VIN_CHARSET = "0123456789ABCDEFGHJKLMNPRSTUVWXYZ"
-"""Characters allowed in a Vehicle Identification Number: digits and capitals without I, O and Q."""
-
-NAMED_CHARSETS = {"balanced47": BALANCED47_CHARSET, "vin33": VIN_CHARSET}
-
-SPLIT_FILES = {
-    "train_images": "emnist-balanced-train-images-idx3-ubyte",
-    "train_labels": "emnist-balanced-train-labels-idx1-ubyte",
-    "test_images": "emnist-balanced-test-images-idx3-ubyte",
-    "test_labels": "emnist-balanced-test-labels-idx1-ubyte",
-}
-MAPPING_FILE = "emnist-balanced-mapping.txt"
-NIST_ARCHIVE = "gzip.zip"
-
-_IDX_DTYPES = {0x08: torch.uint8, 0x09: torch.int8, 0x0B: torch.int16, 0x0C: torch.int32, 0x0D: torch.float32}
-
-
-class EMNISTDataError(RuntimeError):
-    """EMNIST files are missing, corrupt or inconsistent; the message names the file and the fix."""
-
-
-class EMNISTConfigError(ValueError):
-    """A datamodule option has a value that cannot work; the message names the option and the value."""
-
-
-def resolve_charset(charset: str) -> str:
-    """Turn a charset name (`balanced47`, `vin33`) or an explicit string of characters into the characters, in
-    NIST's label order, so that the same characters always get the same class index."""
-    chars = NAMED_CHARSETS.get(charset, charset)
-    unknown = sorted(set(chars) - set(BALANCED47_CHARSET))
-    if not chars or unknown:
-        problem = "empty" if not chars else f"characters not in EMNIST Balanced: {''.join(unknown)!r}"
-        raise EMNISTConfigError(
-            f"charset {charset!r}: {problem}; use one of {sorted(NAMED_CHARSETS)} or a string of characters "
-            f"from {BALANCED47_CHARSET!r}"
-        )
-    if len(set(chars)) != len(chars):
-        raise EMNISTConfigError(f"charset {charset!r}: repeated characters")
-    return "".join(c for c in BALANCED47_CHARSET if c in chars)
-
-
-def fix_orientation(images: torch.Tensor) -> torch.Tensor:
-    """NIST stores every EMNIST image transposed; swap the last two axes of the whole (N, H, W) tensor at once."""
-    return images.transpose(-1, -2).contiguous()
-
-
-@dataclass(frozen=True)
-class FileSource:
-    """Where one NIST file lives: a plain or gzip'd file, or a gzip'd member of NIST's `gzip.zip`."""
-
-    path: Path
-    member: str | None = None
-
-    def __str__(self) -> str:
-        return f"{self.path}:{self.member}" if self.member else str(self.path)
-
-    def read_bytes(self) -> bytes:
-        try:
-            if self.member is not None:
-                with zipfile.ZipFile(self.path) as archive:
-                    member = archive.read(self.member)
-                return gzip.decompress(member) if self.member.endswith(".gz") else member  # NIST's mapping: plain
-            data = self.path.read_bytes()
-            return gzip.decompress(data) if self.path.suffix == ".gz" else data
-        except (OSError, EOFError, zipfile.BadZipFile, KeyError) as err:
-            raise EMNISTDataError(f"{self}: cannot read ({err})") from err
-
-
-def parse_idx(data: bytes, name: str) -> torch.Tensor:
-    """Decode NIST's IDX format (big-endian header, then the array), checking every size so that a truncated or
-    foreign file fails here, by name, rather than as a shape error deep in training."""
-    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
-        raise EMNISTDataError(f"{name}: not an IDX file (bad magic number {data[:4].hex() or 'empty'})")
-    ndim = data[3]
-    header = 4 + 4 * ndim
-    if ndim == 0 or len(data) < header:
-        raise EMNISTDataError(f"{name}: IDX header truncated or has {ndim} dimensions")
-    shape = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-    dtype = _IDX_DTYPES[data[2]]
-    expected = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
-    if len(data) - header != expected:
-        raise EMNISTDataError(
-            f"{name}: IDX body has {len(data) - header} bytes, header {shape} needs {expected} (truncated or corrupt)"
-        )
-    array = torch.frombuffer(bytearray(data[header:]), dtype=dtype)
-    if dtype != torch.uint8:
-        array = array.view(torch.uint8).view(-1, array.element_size()).flip(-1).contiguous().view(dtype)
-    return array.view(shape)
-
-
-def find_emnist_files(root: str | Path) -> dict[str, FileSource] | None:
-    """Find EMNIST Balanced under `root` in the forms people have: torchvision's extracted `EMNIST/raw/`, the gzip'd
-    IDX files (in `root` or `EMNIST/raw/`), or NIST's `gzip.zip`. Returns None when a split file is missing."""
-    root = Path(root)
-    folders = [root / "EMNIST" / "raw", root]
-    found: dict[str, FileSource] = {}
-    archives = [f / NIST_ARCHIVE for f in folders if (f / NIST_ARCHIVE).is_file()]
-    for key, name in [*SPLIT_FILES.items(), ("mapping", MAPPING_FILE)]:
-        candidates = [f / n for f in folders for n in (name, f"{name}.gz")]
-        path = next((p for p in candidates if p.is_file()), None)
-        if path is not None:
-            found[key] = FileSource(path)
-            continue
-        for archive in archives:
-            try:
-                with zipfile.ZipFile(archive) as z:
-                    members = [m for m in z.namelist() if Path(m).name in (name, f"{name}.gz")]
-            except (OSError, zipfile.BadZipFile) as err:
-                raise EMNISTDataError(f"{archive}: not a readable zip archive ({err}); delete it and retry") from err
-            if members:
-                found[key] = FileSource(archive, members[0])
-                break
-    return found if all(k in found for k in SPLIT_FILES) else None
-
-
-def missing_files_message(root: str | Path) -> str:
-    names = ", ".join(f"{n}.gz" for n in SPLIT_FILES.values())
-    return (
-        f"EMNIST Balanced not found under {Path(root).resolve()}. Put NIST's gzip'd files ({names}) in that folder "
-        f"or in its EMNIST/raw/, or NIST's {NIST_ARCHIVE} there, or set download: true on a machine that reaches "
-        f"{EMNIST.url}"
-    )
-
-
-def download_emnist(root: str | Path, url: str = EMNIST.url, md5: str | None = EMNIST.md5) -> Path:
-    """Download NIST's archive into a temporary file next to its destination, check its md5 and that it opens as a
-    zip, then move it into place, so an interrupted or corrupt download never leaves anything that a later run
-    mistakes for data."""
-    raw = Path(root) / "EMNIST" / "raw"
-    raw.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=raw, prefix=".download-") as tmp:
-        try:
-            download_url(url, tmp, filename=NIST_ARCHIVE, md5=md5)
-            with zipfile.ZipFile(Path(tmp) / NIST_ARCHIVE):
-                pass  # a cut-short zip lacks its central directory: caught here even without an md5
-        except Exception as err:  # urllib, socket, md5 and zip failures all mean the same to a user
-            raise EMNISTDataError(f"download of {url} failed ({err}). {missing_files_message(root)}") from err
-        os.replace(Path(tmp) / NIST_ARCHIVE, raw / NIST_ARCHIVE)
-    return raw / NIST_ARCHIVE
-
-
-def read_mapping(source: FileSource) -> str:
-    """Read NIST's `label ascii-code` mapping into the characters it lists, in label order."""
-    lines = source.read_bytes().decode("ascii", errors="replace").split()
-    try:
-        pairs = sorted((int(label), chr(int(code))) for label, code in zip(lines[::2], lines[1::2], strict=True))
-    except ValueError as err:
-        raise EMNISTDataError(f"{source}: not a 'label ascii-code' mapping ({err})") from err
-    return "".join(char for _, char in pairs)
-
-
-def load_split(files: dict[str, FileSource], split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Load one split as upright uint8 images (N, 28, 28) and int64 labels, checked against each other."""
-    images = parse_idx(files[f"{split}_images"].read_bytes(), str(files[f"{split}_images"]))
-    labels = parse_idx(files[f"{split}_labels"].read_bytes(), str(files[f"{split}_labels"]))
-    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-        raise EMNISTDataError(
-            f"{files[f'{split}_images']} and {files[f'{split}_labels']}: shapes {list(images.shape)} and "
-            f"{list(labels.shape)} do not make a labelled image set"
-        )
-    labels = labels.long()
-    if len(labels) and (labels.min() < 0 or labels.max() >= len(BALANCED47_CHARSET)):
-        raise EMNISTDataError(
-            f"{files[f'{split}_labels']}: labels {labels.min().item()}..{labels.max().item()} outside EMNIST "
-            f"Balanced's 0..{len(BALANCED47_CHARSET) - 1}"
-        )
-    return fix_orientation(images), labels
-
 
 def stratified_split(labels: torch.Tensor, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Indices of a seeded split that keeps `val_fraction` of every class for validation: the same on every run and
@@ -201,34 +32,6 @@ def stratified_split(labels: torch.Tensor, val_fraction: float, seed: int) -> tu
     rank_in_class = torch.arange(len(labels)) - (counts.cumsum(0) - counts).repeat_interleave(counts)
     is_val = rank_in_class < (counts * val_fraction).round().long().repeat_interleave(counts)
     return order[~is_val].sort().values, order[is_val].sort().values
-
-
-def random_affine(
-    images: torch.Tensor,
-    degrees: float,
-    translate: float,
-    shear: float,
-    scale: tuple[float, float] = (1.0, 1.0),
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """torchvision's RandomAffine drawn independently for every image of a (B, C, H, W) float batch, in one
-    `affine_grid`/`grid_sample` call, so augmentation runs batched on whatever device holds the batch."""
-    n, device = images.shape[0], images.device
-
-    def uniform(low: float, high: float) -> torch.Tensor:
-        return torch.rand(n, generator=generator, device=device) * (high - low) + low
-
-    angle = torch.deg2rad(uniform(-degrees, degrees))
-    shear_x = torch.deg2rad(uniform(-shear, shear))
-    zoom = uniform(*scale)
-    shift = torch.stack([uniform(-translate, translate), uniform(-translate, translate)], dim=1) * 2
-    cos, sin, tan = torch.cos(angle), torch.sin(angle), torch.tan(shear_x)
-    # forward map = zoom * rotation @ shear_x; the grid needs its inverse (output pixel -> input pixel)
-    forward = torch.stack([cos, cos * tan - sin, sin, sin * tan + cos], dim=1).view(n, 2, 2) * zoom.view(n, 1, 1)
-    inverse = torch.linalg.inv(forward)
-    theta = torch.cat([inverse, -(inverse @ shift.unsqueeze(-1))], dim=2)
-    grid = F.affine_grid(theta.to(images.dtype), list(images.shape), align_corners=False)
-    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
 class IndexedImages(Dataset):
@@ -270,7 +73,7 @@ class EMNISTDataModule(L.LightningDataModule):
         self,
         root: str = "data",
         charset: str = "balanced47",
-        download: bool = False,
+        download: bool = True,
         download_url: str = EMNIST.url,
         download_md5: str | None = EMNIST.md5,
         batch_size: int = 512,
@@ -294,7 +97,7 @@ class EMNISTDataModule(L.LightningDataModule):
         Args:
             root: folder holding EMNIST Balanced in any of the forms `find_emnist_files` accepts.
             charset: `balanced47`, `vin33`, or a string of EMNIST Balanced characters to keep.
-            download: fetch NIST's archive when nothing is found under `root`.
+            download: fetch NIST's archive (md5-checked) when nothing is found under `root`.
             download_url: where to fetch it from: NIST's URL, or a mirror.
             download_md5: the archive's expected md5 (NIST's by default); null skips the check.
             batch_size: images per batch, in every stage.

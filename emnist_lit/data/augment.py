@@ -1,0 +1,34 @@
+"""Batched augmentation: one random affine per image, applied to a whole batch on whatever device holds it."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def random_affine(
+    images: torch.Tensor,
+    degrees: float,
+    translate: float,
+    shear: float,
+    scale: tuple[float, float] = (1.0, 1.0),
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """torchvision's RandomAffine drawn independently for every image of a (B, C, H, W) float batch, in one
+    `affine_grid`/`grid_sample` call, so augmentation runs batched on whatever device holds the batch."""
+    n, device = images.shape[0], images.device
+
+    def uniform(low: float, high: float) -> torch.Tensor:
+        return torch.rand(n, generator=generator, device=device) * (high - low) + low
+
+    angle = torch.deg2rad(uniform(-degrees, degrees))
+    shear_x = torch.deg2rad(uniform(-shear, shear))
+    zoom = uniform(*scale)
+    shift = torch.stack([uniform(-translate, translate), uniform(-translate, translate)], dim=1) * 2
+    cos, sin, tan = torch.cos(angle), torch.sin(angle), torch.tan(shear_x)
+    # forward map = zoom * rotation @ shear_x; the grid needs its inverse (output pixel -> input pixel)
+    forward = torch.stack([cos, cos * tan - sin, sin, sin * tan + cos], dim=1).view(n, 2, 2) * zoom.view(n, 1, 1)
+    inverse = torch.linalg.inv(forward)
+    theta = torch.cat([inverse, -(inverse @ shift.unsqueeze(-1))], dim=2)
+    grid = F.affine_grid(theta.to(images.dtype), list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)

@@ -1,0 +1,34 @@
+"""Commands print what the user needs: Lightning's banners, tips and internal warnings stay behind `--verbose`."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+CHATTY_LOGGERS = ("lightning.pytorch", "lightning.fabric")
+"""Loggers whose INFO lines are banners ('Seed set to', 'GPU available', tips) rather than results."""
+
+NOISY_WARNINGS = (
+    r".*does not have many workers.*",
+    r".*GPU available but not used.*",
+    r".*LightningCLI's args parameter.*",
+    r".*smaller than the logging interval.*",
+    r".*Checkpoint directory .* exists and is not empty.*",
+)
+"""Warnings about Lightning's own defaults that this project has already considered."""
+
+
+def silence_library_chatter() -> None:
+    """Raise Lightning's loggers to WARNING and drop the warnings above; nothing of the project's own is hidden."""
+    for name in CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    for message in NOISY_WARNINGS:
+        warnings.filterwarnings("ignore", message=message)
+
+
+def restore_library_chatter() -> None:
+    """`--verbose`: let Lightning say everything it says by default."""
+    for name in CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.INFO)
+    for message in NOISY_WARNINGS:
+        warnings.filterwarnings("default", message=message)
