@@ -22,6 +22,7 @@ from emnist_lit.data.nist_files import (
 from emnist_lit.errors import EMNISTConfigError, EMNISTDataError
 from emnist_lit.images import ImageFiles, collate_images, list_images
 
+
 def stratified_split(labels: torch.Tensor, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Indices of a seeded split that keeps `val_fraction` of every class for validation: the same on every run and
     in every process, since it depends on nothing but the labels and the seed."""
