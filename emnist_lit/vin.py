@@ -5,6 +5,9 @@ or 0, position 9 a mod-11 check character) then choose the most probable string 
 sure that choice is among all strings a real VIN can be. Characters of the model's classes that a position does not
 allow (lowercase letters, I, O, Q, ...) get probability 0 there and the rest is renormalised: the decoder never
 outputs them, it moves their position to its most probable allowed character instead.
+
+The arithmetic runs in numpy: its arrays hold a few hundred numbers per VIN, where torch's fixed cost per operation
+(measured 10-100 us here, most with several intra-op threads) would dominate; torch tensors are accepted as input.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import functools
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -100,95 +104,118 @@ def is_valid_vin(vin: str, check_digit: bool = True) -> bool:
     return not check_digit or vin[CHECK_POSITION] == vin_check_character(vin)
 
 
-def _checked_probabilities(probs: Tensor, classes: str, positions_dim: int) -> Tensor:
-    """probs as float64 after checking its shape and values against classes, so that errors name the real cause."""
+def _checked_probabilities(probs: Tensor | np.ndarray, classes: str, positions_dim: int) -> np.ndarray:
+    """probs as a float64 array after checking its shape and values against classes, so errors name the cause."""
     if len(set(classes)) != len(classes):
         raise ValueError(f"classes {classes!r}: lists a character twice")
+    if isinstance(probs, Tensor):
+        probs = probs.detach().to(device="cpu", dtype=torch.float64).numpy()
+    probs = np.asarray(probs, dtype=np.float64)
     if probs.ndim != positions_dim + 1 or probs.shape[-1] != len(classes):
         expected = "(positions, classes)" if positions_dim == 1 else "(readings, positions, classes)"
         raise ValueError(
             f"probabilities of shape {tuple(probs.shape)}: expected {expected} with {len(classes)} classes "
             f"for {classes!r}"
         )
-    probs = probs.detach().to(device="cpu", dtype=torch.float64)
-    if not torch.isfinite(probs).all() or (probs < 0).any():
+    if not np.isfinite(probs).all() or (probs < 0).any():
         raise ValueError("probabilities: hold negative, infinite or NaN values; pass softmax outputs")
     if probs.shape[-1] == 0 or (probs.sum(-1) == 0).any():
         raise ValueError("probabilities: a position has no probability on any class; pass softmax outputs")
     return probs
 
 
+def _read_only(array: np.ndarray) -> np.ndarray:
+    """The array, made read-only: cached arrays are shared by every later call."""
+    array.setflags(write=False)
+    return array
+
+
 @functools.lru_cache(maxsize=32)
-def _allowed_mask(classes: str, check_digit: bool, length: int) -> Tensor:
+def _allowed_mask(classes: str, check_digit: bool, length: int) -> np.ndarray:
     """(length, classes) bool: which class each position may hold; only the alphabet rule when length is not 17."""
     rows = [
         vin_allowed_characters(position, check_digit) if length == VIN_LENGTH else VIN_CHARSET
         for position in range(length)
     ]
     mask = [char in allowed for allowed in rows for char in classes]
-    return torch.tensor(mask, dtype=torch.bool).reshape(length, len(classes))
+    return _read_only(np.array(mask, dtype=bool).reshape(length, len(classes)))
 
 
 @functools.lru_cache(maxsize=32)
-def _remainders(classes: str) -> Tensor:
-    """(17, classes) long: the remainder mod 11 that each class adds to the weighted sum at each position.
-
-    Characters outside the VIN alphabet count as 0 here; their probability is 0, so they never matter.
-    """
-    values = torch.tensor([VIN_TRANSLITERATION.get(char, 0) for char in classes])
-    return torch.tensor(VIN_WEIGHTS)[:, None] * values[None, :] % CHECK_MODULUS
-
-
-_STATES = torch.arange(CHECK_MODULUS)
-_PREVIOUS_STATE = (_STATES[:, None] - _STATES[None, :]) % CHECK_MODULUS
-"""[sum after a position, remainder it added] -> sum before it, all mod 11."""
+def _value_groups(classes: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The VIN-alphabet classes grouped by transliteration value: (their class indices sorted by value, where each
+    value's run starts in that order, the values present)."""
+    in_alphabet = [index for index, char in enumerate(classes) if char in VIN_TRANSLITERATION]
+    order = sorted(in_alphabet, key=lambda index: VIN_TRANSLITERATION[classes[index]])
+    sorted_values = [VIN_TRANSLITERATION[classes[index]] for index in order]
+    values = sorted(set(sorted_values))
+    starts = [sorted_values.index(value) for value in values]
+    return _read_only(np.array(order, dtype=np.int64)), _read_only(np.array(starts)), _read_only(np.array(values))
 
 
-def _check_digit_optimum(probs: Tensor, classes: str) -> tuple[Tensor, Tensor, Tensor]:
+def _logsumexp(log_values: np.ndarray, axis: int) -> np.ndarray:
+    """log(sum(exp(log_values))) along axis without overflow; -inf where every term is -inf (call it under
+    np.errstate(divide="ignore"), which costs more than this function when entered each time)."""
+    peak = log_values.max(axis, keepdims=True)
+    peak[peak == -math.inf] = 0.0
+    return np.log(np.exp(log_values - peak).sum(axis)) + peak.squeeze(axis)
+
+
+def _check_digit_optimum(log_probs: np.ndarray, classes: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The most probable string whose check character matches its weighted sum, exactly, for a batch of readings.
 
-    A dynamic programme over the positions except the check position, whose state is the weighted sum mod 11 so far;
+    A dynamic programme over the positions except the check position, whose state is the weighted sum mod 11 so far:
     max-product finds the best string, sum-product (logsumexp) the total probability of all matching strings, both in
-    log space. Each position first keeps, per remainder it can add, the best log probability and the mass of the
-    classes adding it, so a step costs 11 x 11. The check position comes last: state s ends only with check
-    character CHECK_CHARACTERS[s]. probs (N, 17, C) must be renormalised over the allowed classes.
+    log space. Characters of equal transliteration value add the same to the sum, so each position first keeps, per
+    value, its best character and their total mass, and a step costs 11 x (at most 10 values) whatever the classes.
+    The check position comes last: state s ends only with check character CHECK_CHARACTERS[s].
+    log_probs (N, 17, C) must be renormalised over the allowed classes.
     Returns (best class index per position (N, 17), its log probability (N,), log total of matching strings (N,)).
     """
-    count = probs.shape[0]
-    remainders = _remainders(classes).expand(count, -1, -1)
-    log_probs = probs.log()
-    shape = (count, VIN_LENGTH, CHECK_MODULUS)
-    remainder_best = probs.new_full(shape, -math.inf).scatter_reduce(2, remainders, log_probs, "amax")
-    remainder_log_mass = probs.new_zeros(shape).scatter_add(2, remainders, probs).log()
+    count = len(log_probs)
+    readings = np.arange(count)
+    order, starts, values = _value_groups(classes)
+    if len(values) == 0:
+        return np.zeros((count, VIN_LENGTH), dtype=np.int64), np.full(count, -math.inf), np.full(count, -math.inf)
+    by_value = log_probs[..., order]
+    value_best = np.maximum.reduceat(by_value, starts, axis=-1)
+    value_log_mass = np.log(np.add.reduceat(np.exp(by_value), starts, axis=-1))
+    states = np.arange(CHECK_MODULUS)
+    # [position, sum after it, value index] -> sum before it
+    previous_states = (states[None, :, None] - np.array(VIN_WEIGHTS)[:, None, None] * values) % CHECK_MODULUS
 
-    best = probs.new_full((count, CHECK_MODULUS), -math.inf)
+    best = np.full((count, CHECK_MODULUS), -math.inf)
     best[:, 0] = 0.0
-    total = best.clone()
-    order = [position for position in range(VIN_LENGTH) if position != CHECK_POSITION]
+    total = best.copy()
+    positions = [position for position in range(VIN_LENGTH) if position != CHECK_POSITION]
     choices = []
-    for position in order:
-        best, remainder = (best[:, _PREVIOUS_STATE] + remainder_best[:, position, None, :]).max(-1)
-        total = torch.logsumexp(total[:, _PREVIOUS_STATE] + remainder_log_mass[:, position, None, :], -1)
-        choices.append(remainder)
+    for position in positions:
+        candidates = best[:, previous_states[position]] + value_best[:, position, None, :]
+        choices.append(candidates.argmax(-1))
+        best = candidates.max(-1)
+        total = _logsumexp(total[:, previous_states[position]] + value_log_mass[:, position, None, :], axis=-1)
 
-    check_class = torch.tensor([classes.find(char) for char in CHECK_CHARACTERS])
-    check_log_probs = log_probs[:, CHECK_POSITION, check_class.clamp(min=0)].masked_fill(check_class < 0, -math.inf)
-    best_log_prob, state = (best + check_log_probs).max(-1)
-    log_total = torch.logsumexp(total + check_log_probs, -1)
+    check_class = np.array([classes.find(char) for char in CHECK_CHARACTERS])
+    check_log_probs = np.where(check_class >= 0, log_probs[:, CHECK_POSITION, check_class], -math.inf)
+    state = (best + check_log_probs).argmax(-1)
+    best_log_prob = best[readings, state] + check_log_probs[readings, state]
+    log_total = _logsumexp(total + check_log_probs, axis=-1)
 
-    indices = torch.zeros(count, VIN_LENGTH, dtype=torch.long)
-    indices[:, CHECK_POSITION] = check_class[state].clamp(min=0)
-    for position, choice in zip(reversed(order), reversed(choices), strict=True):
-        remainder = choice.gather(1, state[:, None])
-        in_group = remainders[:, position] == remainder
-        indices[:, position] = log_probs[:, position].masked_fill(~in_group, -math.inf).argmax(-1)
-        state = _PREVIOUS_STATE[state, remainder.squeeze(1)]
+    indices = np.zeros((count, VIN_LENGTH), dtype=np.int64)
+    indices[:, CHECK_POSITION] = check_class[state]
+    class_values = np.array([VIN_TRANSLITERATION.get(char, -1) for char in classes])
+    for position, choice in zip(reversed(positions), reversed(choices), strict=True):
+        value_index = choice[readings, state]
+        of_value = class_values == values[value_index, None]
+        indices[:, position] = np.where(of_value, log_probs[:, position], -math.inf).argmax(-1)
+        state = previous_states[position, state, value_index]
     return indices, best_log_prob, log_total
 
 
-def _alternatives(probs: Tensor, classes: str, top_k: int) -> list[tuple[tuple[tuple[str, float], ...], ...]]:
+def _alternatives(probs: np.ndarray, classes: str, top_k: int) -> list[tuple[tuple[tuple[str, float], ...], ...]]:
     """Per reading and position, the top_k (character, probability) pairs with nonzero probability."""
-    values, indices = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
+    indices = np.argsort(-probs, axis=-1, kind="stable")[..., :top_k]
+    values = np.take_along_axis(probs, indices, -1)
     kept = (values > 0).sum(-1).tolist()
     return [
         tuple(
@@ -199,21 +226,22 @@ def _alternatives(probs: Tensor, classes: str, top_k: int) -> list[tuple[tuple[t
     ]
 
 
-def _renormalised(probs: Tensor, mask: Tensor) -> Tensor:
+def _renormalised(probs: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """probs with disallowed classes zeroed and each position rescaled to sum to 1 (all zeros where nothing is left)."""
     allowed = probs * mask
-    mass = allowed.sum(-1, keepdim=True)
-    return torch.where(mass > 0, allowed / mass.clamp(min=torch.finfo(allowed.dtype).tiny), 0.0)
+    mass = allowed.sum(-1, keepdims=True)
+    return np.divide(allowed, mass, out=np.zeros_like(allowed), where=mass > 0)
 
 
-def _best_guess(renormalised: Tensor, classes: str) -> str:
+def _best_guess(renormalised: np.ndarray, classes: str) -> str:
     """Per-position argmax over the allowed characters, UNREADABLE where none has any probability."""
-    values, indices = renormalised.max(-1)
+    indices = renormalised.argmax(-1)
+    values = np.take_along_axis(renormalised, indices[:, None], -1)[:, 0]
     return "".join(classes[i] if v > 0 else UNREADABLE for v, i in zip(values.tolist(), indices.tolist(), strict=True))
 
 
 def decode_vins(
-    probs: Tensor,
+    probs: Tensor | np.ndarray,
     classes: str,
     check_digit: bool = True,
     min_confidence: float = DEFAULT_MIN_CONFIDENCE,
@@ -226,15 +254,16 @@ def decode_vins(
     if top_k < 0:
         raise ValueError(f"top_k {top_k}: must be 0 or more")
     renormalised = _renormalised(probs, _allowed_mask(classes, check_digit, VIN_LENGTH))
-    log_probs = renormalised.log()
-    if check_digit:
-        best_indices, best_log_probs, log_totals = _check_digit_optimum(renormalised, classes)
-    else:
-        best_log_probs, best_indices = log_probs.max(-1)
-        best_log_probs = best_log_probs.sum(-1)
-        log_totals = torch.logsumexp(log_probs, -1).sum(-1)
+    with np.errstate(divide="ignore"):
+        log_probs = np.log(renormalised)
+        if check_digit:
+            best_indices, best_log_probs, log_totals = _check_digit_optimum(log_probs, classes)
+        else:
+            best_indices = log_probs.argmax(-1)
+            best_log_probs = log_probs.max(-1).sum(-1)
+            log_totals = _logsumexp(log_probs, axis=-1).sum(-1)
     argmax_indices = probs.argmax(-1)
-    argmax_log_probs = log_probs.gather(-1, argmax_indices[..., None]).squeeze(-1).sum(-1)
+    argmax_log_probs = np.take_along_axis(log_probs, argmax_indices[..., None], -1).sum((-2, -1))
 
     readings = []
     alternatives = _alternatives(renormalised, classes, top_k)
@@ -265,7 +294,7 @@ def decode_vins(
 
 
 def decode_vin(
-    probs: Tensor,
+    probs: Tensor | np.ndarray,
     classes: str,
     check_digit: bool = True,
     min_confidence: float = DEFAULT_MIN_CONFIDENCE,
@@ -289,7 +318,9 @@ def decode_vin(
     return Reading(_best_guess(renormalised, classes), STATUS_UNVERIFIED, 0.0, alternatives)
 
 
-def decode_text(probs: Tensor, classes: str, min_confidence: float = DEFAULT_MIN_CONFIDENCE, top_k: int = 3) -> Reading:
+def decode_text(
+    probs: Tensor | np.ndarray, classes: str, min_confidence: float = DEFAULT_MIN_CONFIDENCE, top_k: int = 3
+) -> Reading:
     """Free text, no rules: the per-position argmax over all of the model's classes.
 
     Confidence is the product of the per-position top probabilities (the chance the whole string is right, positions
@@ -298,9 +329,9 @@ def decode_text(probs: Tensor, classes: str, min_confidence: float = DEFAULT_MIN
     probs = _checked_probabilities(probs, classes, positions_dim=1)
     if top_k < 0:
         raise ValueError(f"top_k {top_k}: must be 0 or more")
-    probs = probs / probs.sum(-1, keepdim=True)
-    values, indices = probs.max(-1)
-    confidence = math.exp(values.log().sum().item())
+    probs = probs / probs.sum(-1, keepdims=True)
+    indices = probs.argmax(-1)
+    confidence = math.exp(np.log(probs.max(-1)).sum())
     status = STATUS_READ if confidence >= min_confidence else STATUS_UNVERIFIED
     text = "".join(classes[index] for index in indices.tolist())
     return Reading(text, status, confidence, _alternatives(probs[None], classes, top_k)[0])

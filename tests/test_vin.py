@@ -106,10 +106,9 @@ def brute_force(probs: torch.Tensor, classes: str, positions: list[int]) -> tupl
     return best, best_prob, total
 
 
-@pytest.mark.parametrize("seed", range(4))
-def test_decoder_finds_the_exact_optimum_and_valid_mass(seed: int) -> None:
+@pytest.mark.parametrize(("seed", "positions"), [(0, [3, 8, 9]), (1, [0, 8, 16]), (2, [7, 8, 12]), (3, [1, 9, 15])])
+def test_decoder_finds_the_exact_optimum_and_valid_mass(seed: int, positions: list[int]) -> None:
     generator = torch.Generator().manual_seed(seed)
-    positions = [3, 8, 9]
     probs = table(HONDA).double()
     for position in positions:
         # peaked random distributions, so that the check constraint often overturns the argmax
@@ -123,8 +122,11 @@ def test_decoder_finds_the_exact_optimum_and_valid_mass(seed: int) -> None:
 def test_batch_decoding_matches_one_at_a_time() -> None:
     generator = torch.Generator().manual_seed(0)
     probs = torch.softmax(torch.randn(20, 17, len(BALANCED47_CHARSET), generator=generator) * 4, -1)
-    batch = decode_vins(probs, BALANCED47_CHARSET)
-    assert batch == [decode_vin(p, BALANCED47_CHARSET) for p in probs]
+    for together, alone in zip(
+        decode_vins(probs, BALANCED47_CHARSET), map(decode_vin, probs, [BALANCED47_CHARSET] * 20), strict=True
+    ):
+        assert (together.text, together.status, together.alternatives) == (alone.text, alone.status, alone.alternatives)
+        assert together.confidence == pytest.approx(alone.confidence, rel=1e-12)
 
 
 def test_balanced47_input_never_yields_i_o_q_or_lowercase() -> None:
