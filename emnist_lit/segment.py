@@ -1,0 +1,595 @@
+"""Split a photo of one handwritten line (a VIN on a form, any short string) into character images prepared like
+EMNIST samples, left to right, so a character classifier can read the line."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from PIL import Image
+from scipy import ndimage
+
+from emnist_lit.images import prepare_image, to_grayscale
+
+Box = tuple[int, int, int, int]
+"""(left, top, right, bottom) in pixels of the input image, right and bottom exclusive."""
+
+MAX_COMPONENTS = 512
+"""More ink blobs than this is no line of characters (a page, a texture): only the largest are looked at."""
+
+
+@dataclass
+class Segmentation:
+    """The characters of a line, left to right: `characters` (N, 1, 28, 28) light ink on dark in [0, 1], `boxes`
+    where each was found in the input image, and `note` saying why the result may be wrong ('' when nothing
+    looked odd), for the caller to mark the reading unverified."""
+
+    characters: torch.Tensor = field(default_factory=lambda: torch.empty(0, 1, 28, 28))
+    boxes: list[Box] = field(default_factory=list)
+    note: str = ""
+
+    def __len__(self) -> int:
+        return len(self.boxes)
+
+
+def rotate_about_centre(layer: np.ndarray, angle: float) -> tuple[np.ndarray, np.ndarray]:
+    """`layer` (float) rotated by `angle` degrees about its centre onto a canvas enlarged to hold all of it (new
+    area 0), and the 2x3 matrix mapping input (x, y, 1) to output coordinates."""
+    height, width = layer.shape
+    cos, sin = math.cos(math.radians(angle)), math.sin(math.radians(angle))
+    new_w = math.ceil(abs(width * cos) + abs(height * sin))
+    new_h = math.ceil(abs(width * sin) + abs(height * cos))
+    cx, cy, ncx, ncy = width / 2, height / 2, new_w / 2, new_h / 2
+    inverse = (cos, sin, cx - cos * ncx - sin * ncy, -sin, cos, cy + sin * ncx - cos * ncy)
+    rotated = Image.fromarray(np.ascontiguousarray(layer, dtype=np.float32), mode="F").transform(
+        (new_w, new_h), Image.Transform.AFFINE, inverse, resample=Image.Resampling.BILINEAR, fillcolor=0.0
+    )
+    forward = np.array([[cos, -sin, ncx - cos * cx + sin * cy], [sin, cos, ncy - sin * cx - cos * cy]])
+    return np.asarray(rotated, dtype=np.float32), forward
+
+
+def _working_gray(image: Image.Image, max_side: int) -> tuple[np.ndarray, float]:
+    """The image as float grey in [0, 1], shrunk by a whole factor first when its longer side exceeds max_side
+    (so a 200-megapixel photo costs one box filter, not minutes), and that factor."""
+    factor = max(1, math.ceil(max(image.size) / max_side))
+    if factor > 1:
+        if image.mode not in ("L", "RGB", "RGBA", "LA", "I", "F"):
+            image = image.convert("I" if image.mode.startswith("I;16") else "RGBA")
+        image = image.reduce(factor)
+    gray = to_grayscale(image).numpy()
+    return np.nan_to_num(gray, nan=1.0).astype(np.float32, copy=False), float(factor)
+
+
+def _ink_map(gray: np.ndarray) -> np.ndarray:
+    """How much darker than the paper around it each pixel is, in [0, 1] (light ink on a dark page is turned
+    first): the paper's own tone and uneven light are divided out by a coarse grey closing."""
+    dark_ink = 1.0 - gray if np.median(gray) < 0.5 else gray
+    height, width = dark_ink.shape
+    step = max(1, round(max(height, width) / 400))
+    trimmed = dark_ink[: height - height % step or height, : width - width % step or width]
+    small = trimmed.reshape(trimmed.shape[0] // step, step, trimmed.shape[1] // step, step).mean(axis=(1, 3))
+    window = max(3, round(0.3 * min(height, width) / step)) | 1
+    paper_small = ndimage.uniform_filter(ndimage.grey_closing(small, size=(window, window)), size=window)
+    paper = np.asarray(Image.fromarray(paper_small, mode="F").resize((width, height), Image.Resampling.BILINEAR))
+    return np.clip((paper - dark_ink) / np.maximum(paper, 0.05), 0.0, 1.0)
+
+
+def _otsu(values: np.ndarray) -> float:
+    """The threshold between dark and bright that keeps each side's spread smallest (Otsu's)."""
+    counts, edges = np.histogram(values, bins=256, range=(0.0, 1.0))
+    centres = (edges[:-1] + edges[1:]) / 2
+    weight = np.cumsum(counts)
+    total = weight[-1]
+    mean = np.cumsum(counts * centres)
+    between = (mean[-1] * weight / total - mean) ** 2 / np.maximum(weight * (total - weight), 1)
+    return float(centres[int(np.argmax(between[:-1]))])
+
+
+def _binarise(ink: np.ndarray, high: float) -> np.ndarray:
+    """Ink pixels by hysteresis: faint pixels count when they touch a clearly dark one, so thin stroke parts stay
+    attached to their character while faint noise goes."""
+    low_mask = ink > high * 0.5
+    labels, count = ndimage.label(low_mask, structure=np.ones((3, 3)))
+    if count == 0:
+        return low_mask
+    strong = np.zeros(count + 1, bool)
+    strong[labels[ink > high]] = True
+    strong[0] = False
+    return strong[labels]
+
+
+def _skew_angle(binary: np.ndarray) -> float:
+    """The rotation (degrees, within +/- 8) that makes the ink's rows sharpest: box lines and the line of text
+    become horizontal."""
+    ys, xs = np.nonzero(binary)
+    if len(ys) < 20:
+        return 0.0
+    stride = max(1, len(ys) // 10000)
+    ys, xs = ys[::stride].astype(np.float64), xs[::stride].astype(np.float64)
+
+    def sharpness(angle: float) -> float:
+        rad = math.radians(angle)
+        rows = np.round(xs * math.sin(rad) + ys * math.cos(rad))
+        counts = np.bincount((rows - rows.min()).astype(np.int64))
+        return float(np.dot(counts, counts))
+
+    best = 0.0
+    for span, step in ((8.0, 1.0), (1.0, 0.25), (0.25, 0.05)):
+        angles = best + np.arange(-span, span + step / 2, step)
+        best = float(max(angles, key=sharpness))
+    return best
+
+
+def _runs(binary: np.ndarray, length: int, axis: int) -> np.ndarray:
+    """Pixels lying on a straight run of at least `length` ink pixels along `axis` (a 1-D opening)."""
+    length = max(3, length) | 1
+    eroded = ndimage.minimum_filter1d(binary.view(np.uint8), length, axis=axis)
+    return ndimage.maximum_filter1d(eroded, length, axis=axis).astype(bool)
+
+
+def _closing(binary: np.ndarray, length: int, axis: int) -> np.ndarray:
+    """Gaps shorter than `length` along `axis` filled (a 1-D closing)."""
+    length = max(3, length) | 1
+    dilated = ndimage.maximum_filter1d(binary.view(np.uint8), length, axis=axis)
+    return ndimage.minimum_filter1d(dilated, length, axis=axis).astype(bool)
+
+
+def _clusters(flags: np.ndarray) -> list[tuple[int, int]]:
+    """(start, stop) of each run of consecutive True values."""
+    padded = np.concatenate([[False], flags, [False]]).astype(np.int8)
+    edges = np.flatnonzero(np.diff(padded))
+    return list(zip(edges[::2].tolist(), edges[1::2].tolist(), strict=True))
+
+
+def _is_thin_ridge(coverage: np.ndarray, start: int, stop: int, text_height: float) -> bool:
+    """Whether rows start:stop, covered by long runs, are a printed line: thin, with rows a little above and below
+    it far less covered (through the middle of touching characters the rows around are covered too)."""
+    thickness = stop - start
+    if thickness > max(5, 0.15 * text_height):
+        return False
+    away = thickness + 3
+    around = [
+        coverage[row]
+        for row in (start - away, start - away - 2, stop - 1 + away, stop + 1 + away)
+        if 0 <= row < len(coverage)
+    ]
+    return max(around, default=0) < 0.3 * coverage[start:stop].max()
+
+
+def _remove_form_lines(binary: np.ndarray) -> tuple[np.ndarray, int]:
+    """The ink without a form's printed box lines: rows mostly covered by long horizontal runs, then vertical runs
+    spanning from the top line to the bottom one. Strokes crossing a removed line are bridged back. Returns the
+    cleaned ink and how many lines went."""
+    ys, xs = np.nonzero(binary)
+    text_height = max(8.0, float(np.percentile(ys, 97) - np.percentile(ys, 3)))
+    text_width = max(8.0, float(np.percentile(xs, 99) - np.percentile(xs, 1)))
+    tolerant = ndimage.maximum_filter1d(binary.view(np.uint8), 3, axis=0).astype(bool)
+    horizontal = _runs(tolerant, round(0.6 * text_height), axis=1) & binary
+    coverage = horizontal.sum(axis=1)
+    rows = [
+        (start, stop)
+        for start, stop in _clusters(coverage >= 0.5 * text_width)
+        if _is_thin_ridge(coverage, start, stop, text_height)
+    ]
+    if not rows:
+        return binary, 0
+    line_rows = np.zeros(len(coverage), bool)
+    for start, stop in rows:
+        line_rows[max(start - 1, 0) : stop + 1] = True
+    h_lines = horizontal & line_rows[:, None]
+    v_lines = np.zeros_like(binary)
+    if len(rows) >= 2:
+        (top_start, top_stop), (bottom_start, bottom_stop) = rows[0], rows[-1]
+        band = bottom_start - top_stop
+        tolerant = ndimage.maximum_filter1d(binary.view(np.uint8), 3, axis=1).astype(bool)
+        vertical = _runs(tolerant, round(0.8 * band), axis=0) & binary
+        vertical[: max(top_start - 2, 0)] = False
+        vertical[bottom_stop + 2 :] = False
+        labels, _ = ndimage.label(vertical)
+        for index, found in enumerate(ndimage.find_objects(labels), start=1):
+            if found is not None and found[0].start <= top_stop + 2 and found[0].stop >= bottom_start - 2:
+                v_lines |= labels == index
+    rest = binary & ~h_lines & ~v_lines
+    thickness = max(stop - start for start, stop in rows)
+    bridged_h = _closing(rest, thickness + 4, axis=0)
+    bridged_v = _closing(rest, thickness + 4, axis=1)
+    kept = rest | (h_lines & bridged_h) | (v_lines & ~h_lines & bridged_v)
+    return kept, len(rows) + int(v_lines.any())
+
+
+@dataclass
+class _Piece:
+    """One candidate character: its box in the working image and the component labels (and columns) it owns."""
+
+    left: int
+    top: int
+    right: int
+    bottom: int
+    labels: list[int]
+    area: int
+    columns: tuple[int, int] | None = None
+
+    @property
+    def width(self) -> int:
+        return self.right - self.left
+
+    @property
+    def height(self) -> int:
+        return self.bottom - self.top
+
+    @property
+    def centre_x(self) -> float:
+        return (self.left + self.right) / 2
+
+    def merged(self, other: _Piece) -> _Piece:
+        return _Piece(
+            min(self.left, other.left),
+            min(self.top, other.top),
+            max(self.right, other.right),
+            max(self.bottom, other.bottom),
+            self.labels + other.labels,
+            self.area + other.area,
+        )
+
+
+def _overlap(a0: int, a1: int, b0: int, b1: int) -> int:
+    return min(a1, b1) - max(a0, b0)
+
+
+def _components(binary: np.ndarray) -> tuple[np.ndarray, list[_Piece]]:
+    """Connected ink blobs (8-connected) as pieces, at most MAX_COMPONENTS of the largest."""
+    labels, count = ndimage.label(binary, structure=np.ones((3, 3)))
+    areas = np.bincount(labels.ravel(), minlength=count + 1)
+    pieces = [
+        _Piece(found[1].start, found[0].start, found[1].stop, found[0].stop, [index], int(areas[index]))
+        for index, found in enumerate(ndimage.find_objects(labels), start=1)
+        if found is not None
+    ]
+    if len(pieces) > MAX_COMPONENTS:
+        pieces = sorted(pieces, key=lambda p: -p.area)[:MAX_COMPONENTS]
+    return labels, pieces
+
+
+def _drop_specks(pieces: list[_Piece]) -> tuple[list[_Piece], float]:
+    """Pieces without noise specks and box-line leftovers, and the typical character height."""
+    big_area = np.percentile([p.area for p in pieces], 90)
+    big = [p for p in pieces if p.area >= 0.1 * big_area]
+    char_height = float(np.median([p.height for p in big]))
+    typical_area = float(np.median([p.area for p in big]))
+    kept = [p for p in pieces if max(p.height, p.width) >= 0.25 * char_height and p.area >= 0.03 * typical_area]
+    band_top = np.median([p.top for p in big])
+    band_bottom = np.median([p.bottom for p in big])
+    kept = [p for p in kept if _overlap(p.top, p.bottom, band_top, band_bottom) > 0 or p.area >= 0.5 * typical_area]
+    return kept, char_height
+
+
+def _attach_small(pieces: list[_Piece], char_height: float) -> list[_Piece]:
+    """Give each small fragment (a stroke end cut off by blur or a removed box line, a detached bar) to the
+    character sharing most of its columns; drop it when it shares none."""
+    typical_area = float(np.median([p.area for p in pieces]))
+    small = [p.area < 0.15 * typical_area and p.height < 0.5 * char_height for p in pieces]
+    big = [p for p, is_small in zip(pieces, small, strict=True) if not is_small]
+    if not big:
+        return pieces
+    for piece, is_small in zip(pieces, small, strict=True):
+        if not is_small:
+            continue
+        shares = [_overlap(piece.left, piece.right, b.left, b.right) for b in big]
+        best = int(np.argmax(shares))
+        if shares[best] > 0:
+            big[best] = big[best].merged(piece)
+    return big
+
+
+def _merge_stacked(pieces: list[_Piece]) -> list[_Piece]:
+    """Join pieces of one broken character: one above the other, sharing most of their columns."""
+    pieces = sorted(pieces, key=lambda p: p.centre_x)
+    changed = True
+    while changed and len(pieces) > 1:
+        changed = False
+        for i in range(len(pieces) - 1):
+            a, b = pieces[i], pieces[i + 1]
+            x_share = _overlap(a.left, a.right, b.left, b.right) / max(min(a.width, b.width), 1)
+            y_share = _overlap(a.top, a.bottom, b.top, b.bottom) / max(min(a.height, b.height), 1)
+            if x_share >= 0.6 and (y_share <= 0.3 or min(a.area, b.area) < 0.25 * max(a.area, b.area)):
+                pieces[i : i + 2] = [a.merged(b)]
+                changed = True
+                break
+    return pieces
+
+
+WIDTH_WEIGHT = 1.5
+"""How much a character's width straying from the typical width costs, against cutting through one stroke."""
+
+HEIGHT_WEIGHT = 3.0
+"""How much a part much lower than a character (a bar or stroke end cut off its character) costs."""
+
+
+def _width_cost(widths: np.ndarray, char_width: float) -> np.ndarray:
+    """Cost of pieces this wide: zero at the typical width, less for narrow ones (1, I, J are) than wide ones."""
+    log_ratio = np.log(np.maximum(widths, 1) / char_width)
+    return WIDTH_WEIGHT * np.where(log_ratio < 0, 0.4, 1.0) * log_ratio**2
+
+
+def _column_runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every vertical run of ink in `mask`: its column and its length."""
+    height = mask.shape[0]
+    flat = np.vstack([mask, np.zeros((1, mask.shape[1]), bool)]).T.ravel()
+    starts = flat & ~np.concatenate([[False], flat[:-1]])
+    run_ids = np.cumsum(starts) * flat
+    lengths = np.bincount(run_ids)[1:]
+    columns = np.flatnonzero(starts) // (height + 1)
+    return columns, lengths
+
+
+def _stroke_width(masks: list[np.ndarray]) -> float:
+    """Typical pen width: the median length of vertical ink runs (most cross a stroke)."""
+    lengths = np.concatenate([_column_runs(mask)[1] for mask in masks])
+    return max(float(np.median(lengths)), 1.0) if len(lengths) else 1.0
+
+
+def _crossings(mask: np.ndarray, stroke: float) -> np.ndarray:
+    """Per column, the strokes a vertical cut there would go through: one per run of ink, less for a run thinner
+    than a stroke (where touching characters meet), so a cut along a stroke costs one, like a cut across it."""
+    columns, lengths = _column_runs(mask)
+    return np.bincount(columns, weights=np.minimum(lengths / stroke, 1.0), minlength=mask.shape[1])
+
+
+@dataclass
+class _Cuts:
+    """The best way to cut one blob into 1, 2, ... parts: cost[k - 1] and the cut columns of each."""
+
+    cost: list[float]
+    columns: list[list[int]]
+
+
+def _range_extremes(values: np.ndarray, starts: np.ndarray, stops: np.ndarray, reduce: np.ufunc) -> np.ndarray:
+    """reduce(values[start:stop]) for many ranges at once (stop > start), from a sparse table of power-of-two
+    windows: two overlapping lookups per range."""
+    table = [values]
+    while 2 ** len(table) <= len(values):
+        half = 2 ** (len(table) - 1)
+        table.append(reduce(table[-1][:-half], table[-1][half:]))
+    lengths = np.maximum(stops - starts, 1)
+    levels = np.floor(np.log2(lengths)).astype(np.int64)
+    padded = np.full((len(table), len(values)), values[0])
+    for level, row in enumerate(table):
+        padded[level, : len(row)] = row
+    return reduce(padded[levels, starts], padded[levels, np.maximum(stops - 2**levels, starts)])
+
+
+def _part_costs(mask: np.ndarray, steps: np.ndarray, char_width: float, char_height: float) -> np.ndarray:
+    """cost[end, i]: how unlike one character the columns [end - steps[i], end) of the blob are, by their width
+    and by the height of their ink (a cut-off bar or stroke end is much lower than a character)."""
+    width = mask.shape[1]
+    inked = mask.any(axis=0)
+    tops = np.where(inked, mask.argmax(axis=0), np.inf)
+    bottoms = np.where(inked, mask.shape[0] - mask[::-1].argmax(axis=0), -np.inf)
+    ends = np.arange(width + 1)[:, None]
+    starts = np.clip(ends - steps[None, :], 0, width - 1)
+    stops = np.clip(ends, starts + 1, width)
+    heights = _range_extremes(bottoms, starts, stops, np.maximum) - _range_extremes(tops, starts, stops, np.minimum)
+    too_low = np.maximum(np.log(0.6 * char_height / np.maximum(np.nan_to_num(heights, neginf=0.0), 1.0)), 0.0)
+    cost = _width_cost(steps.astype(np.float64), char_width)[None, :] + HEIGHT_WEIGHT * too_low**2
+    return np.where(ends >= steps[None, :], cost, np.inf)
+
+
+def _best_cuts(mask: np.ndarray, crossings: np.ndarray, char_width: float, char_height: float, max_parts: int) -> _Cuts:
+    """For each number of parts up to max_parts, the cuts minimising the strokes cut through plus how unlike a
+    character each part is: a shortest path over columns (dynamic programming), each part between a fifth and
+    thrice the typical width."""
+    width = mask.shape[1]
+    rows = np.flatnonzero(mask.any(axis=1))
+    whole_height = float(rows[-1] - rows[0] + 1) if len(rows) else 0.0
+    too_low = max(math.log(0.6 * char_height / max(whole_height, 1.0)), 0.0)
+    cost = [float(_width_cost(np.array([float(width)]), char_width)[0]) + HEIGHT_WEIGHT * too_low**2]
+    columns: list[list[int]] = [[]]
+    if max_parts < 2:
+        return _Cuts(cost, columns)
+    min_w = max(2, round(0.2 * char_width))
+    steps = np.arange(min_w, max(min_w, min(round(3 * char_width), width)) + 1)
+    part_cost = _part_costs(mask, steps, char_width, char_height)
+    positions = np.arange(width + 1)
+    best = np.full(width + 1, np.inf)
+    best[0] = 0.0
+    parents = []
+    cut_cost = np.append(crossings, np.inf)
+    for _ in range(1, max_parts):
+        starts = positions[:, None] - steps[None, :]
+        candidates = best[np.clip(starts, 0, width)] + part_cost
+        choice = np.argmin(candidates, axis=1)
+        best = candidates[positions, choice] + cut_cost
+        parents.append(starts[positions, choice])
+        tail = width - positions[:-1]
+        in_range = (tail >= steps[0]) & (tail <= steps[-1])
+        tail_cost = part_cost[width, np.clip(tail - steps[0], 0, len(steps) - 1)]
+        total = np.where(in_range, best[:-1] + tail_cost, np.inf)
+        last = int(np.argmin(total))
+        if not np.isfinite(total[last]):
+            cost.append(np.inf)
+            columns.append([])
+            continue
+        path = [last]
+        for parent in reversed(parents[1:]):
+            path.append(int(parent[path[-1]]))
+        cost.append(float(total[last]))
+        columns.append(sorted(path))
+    return _Cuts(cost, columns)
+
+
+def _split(labels: np.ndarray, piece: _Piece, cuts: list[int]) -> list[_Piece]:
+    """The piece cut at the given columns (relative to its left edge), each part shrunk to its own ink."""
+    window = _owned(labels[piece.top : piece.bottom, piece.left : piece.right], piece.labels)
+    bounds = [0, *cuts, piece.width]
+    result = []
+    for start, stop in itertools.pairwise(bounds):
+        rows = np.flatnonzero(window[:, start:stop].any(axis=1))
+        if stop <= start or not len(rows):
+            continue
+        result.append(
+            _Piece(
+                piece.left + start,
+                piece.top + int(rows[0]),
+                piece.left + stop,
+                piece.top + int(rows[-1]) + 1,
+                piece.labels,
+                int(window[:, start:stop].sum()),
+                (piece.left + start, piece.left + stop),
+            )
+        )
+    return result
+
+
+def _allocate(options: list[_Cuts], total: int) -> list[int]:
+    """How many parts to cut each blob into so that they add up to `total` (or as near below as possible) at the
+    least summed cost: a small knapsack over blobs."""
+    best = np.full(total + 1, np.inf)
+    best[0] = 0.0
+    choices = []
+    for option in options:
+        cost = np.array(option.cost)
+        candidates = np.full((total + 1, len(cost)), np.inf)
+        for k in range(1, len(cost) + 1):
+            candidates[k:, k - 1] = best[: total + 1 - k] + cost[k - 1]
+        choice = np.argmin(candidates, axis=1)
+        best = candidates[np.arange(total + 1), choice]
+        choices.append(choice + 1)
+    reachable = np.flatnonzero(np.isfinite(best))
+    left = int(reachable.max()) if len(reachable) else len(options)
+    parts = []
+    for choice in reversed(choices):
+        parts.append(int(choice[left]) if len(reachable) else 1)
+        left -= parts[-1]
+    return parts[::-1]
+
+
+def _fit_count(
+    labels: np.ndarray, pieces: list[_Piece], expected: int | None, char_height: float
+) -> tuple[list[_Piece], str]:
+    """Split blobs of touching characters where cutting is cheaper than their odd width, or, given the expected
+    count, choose the cuts (and joins of the closest fragments) that reach it at the least cost, while plausible.
+    Returns the pieces and a note when the count could not be met."""
+    widths = np.array([p.width for p in pieces], dtype=np.float64)
+    extent = max(p.right for p in pieces) - min(p.left for p in pieces)
+    char_width = min(float(np.median(widths)), extent / expected if expected else 0.9 * char_height)
+    char_width = max(char_width, 2.0)
+    while expected and len(pieces) > expected:
+        costs = []
+        for i in range(len(pieces) - 1):
+            a, b = pieces[i], pieces[i + 1]
+            joined = max(a.right, b.right) - min(a.left, b.left)
+            gap = max(0, b.left - a.right) / char_width
+            change = _width_cost(np.array([joined, a.width, b.width], dtype=np.float64), char_width)
+            costs.append((change[0] - change[1] - change[2] + 2 * gap, joined, i))
+        _, joined, i = min(costs)
+        if joined > 2 * char_width:
+            break
+        pieces[i : i + 2] = [pieces[i].merged(pieces[i + 1])]
+
+    masks = [_owned(labels[p.top : p.bottom, p.left : p.right], p.labels) for p in pieces]
+    stroke = _stroke_width(masks)
+    profiles = [_crossings(mask, stroke) for mask in masks]
+    spare = max(expected - len(pieces), 0) if expected else 0
+    options = []
+    for piece, mask, profile in zip(pieces, masks, profiles, strict=True):
+        most = max(1, min(piece.width // max(2, round(0.2 * char_width)), 1 + (spare if expected else 8)))
+        if not expected and piece.width < 1.4 * char_width:
+            most = 1
+        options.append(_best_cuts(mask, profile, char_width, char_height, most))
+    parts = _allocate(options, expected) if expected else [int(np.argmin(o.cost)) + 1 for o in options]
+    result = []
+    for piece, option, k in zip(pieces, options, parts, strict=True):
+        result += _split(labels, piece, option.columns[k - 1]) if k > 1 else [piece]
+    note = "" if not expected or len(result) == expected else f"found {len(result)} characters, expected {expected}"
+    return result, note
+
+
+def _crop(ink: np.ndarray, labels: np.ndarray, piece: _Piece) -> np.ndarray:
+    """The piece's own ink (neighbours' ink and box lines masked out, its faint edge kept), strokes at full
+    strength as in EMNIST, with a dark margin."""
+    top, bottom = max(piece.top - 1, 0), min(piece.bottom + 1, ink.shape[0])
+    left, right = max(piece.left - 1, 0), min(piece.right + 1, ink.shape[1])
+    mask = _owned(labels[top:bottom, left:right], piece.labels)
+    if piece.columns is not None:
+        columns = np.arange(left, right)
+        mask &= (columns >= piece.columns[0]) & (columns < piece.columns[1])
+    window = ink[top:bottom, left:right]
+    core = window[mask]
+    strength = float(np.partition(core, int(0.9 * (core.size - 1)))[int(0.9 * (core.size - 1))]) if core.size else 1.0
+    mask = ndimage.maximum_filter(mask.view(np.uint8), size=3).astype(bool)
+    crop = np.where(mask, window, 0.0) / max(strength, 1e-3)
+    return np.pad(np.clip(crop, 0.0, 1.0), 2)
+
+
+def _owned(labels: np.ndarray, owners: list[int]) -> np.ndarray:
+    """Where `labels` is one of `owners`."""
+    return labels == owners[0] if len(owners) == 1 else np.isin(labels, owners)
+
+
+def segment_line(image: Image.Image, expected_count: int | None = None, max_side: int = 2048) -> Segmentation:
+    """Find the characters of one handwritten line, left to right. Never raises on odd input (blank, one character,
+    several lines, a page, light ink on dark): the result is a best effort and `note` says what looked wrong.
+    `expected_count` (17 for a VIN) decides how many touching characters to split or fragments to join."""
+    try:
+        return _segment(image, expected_count, max_side)
+    except Exception as err:  # the caller marks the reading unverified; one odd photo must not stop a batch
+        return Segmentation(note=f"failed: {type(err).__name__}: {err}")
+
+
+def _segment(image: Image.Image, expected_count: int | None, max_side: int) -> Segmentation:
+    gray, scale = _working_gray(image, max_side)
+    if gray.size == 0 or min(gray.shape) < 3:
+        return Segmentation(note="blank: image too small")
+    ink = ndimage.gaussian_filter(_ink_map(gray), 0.7)
+    strongest = float(np.percentile(ink, 99.9))
+    if strongest < 0.12 or ink.max() < 0.2:
+        return Segmentation(note="blank: no ink found")
+    threshold = max(_otsu(ink), 0.08)
+    angle = _skew_angle(_binarise(ink, threshold))
+    forward = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    if abs(angle) >= 0.1:
+        ink, forward = rotate_about_centre(ink, angle)
+    binary = _binarise(ink, threshold)
+    if binary.sum() < 10:
+        return Segmentation(note="blank: no ink found")
+    binary, _ = _remove_form_lines(binary)
+    labels, pieces = _components(binary)
+    if not pieces:
+        return Segmentation(note="blank: nothing but box lines")
+    notes = ["more ink blobs than a line holds"] if len(pieces) == MAX_COMPONENTS else []
+    pieces, char_height = _drop_specks(pieces)
+    pieces = _merge_stacked(_attach_small(pieces, char_height))
+    pieces, note = _fit_count(labels, pieces, expected_count, char_height)
+    notes += [note] if note else []
+    pieces.sort(key=lambda p: p.centre_x)
+
+    backward = np.linalg.inv(np.vstack([forward, [0.0, 0.0, 1.0]]))[:2]
+    characters, boxes = [], []
+    for piece in pieces:
+        try:
+            characters.append(prepare_image(torch.from_numpy(_crop(ink, labels, piece))))
+        except ValueError:
+            continue
+        corners = np.array(
+            [
+                [piece.left, piece.top, 1],
+                [piece.right, piece.top, 1],
+                [piece.left, piece.bottom, 1],
+                [piece.right, piece.bottom, 1],
+            ],
+            dtype=np.float64,
+        )
+        xs, ys = (backward @ corners.T) * scale
+        boxes.append(
+            (
+                max(math.floor(xs.min()), 0),
+                max(math.floor(ys.min()), 0),
+                min(math.ceil(xs.max()), image.width),
+                min(math.ceil(ys.max()), image.height),
+            )
+        )
+    stacked = torch.stack(characters) if characters else torch.empty(0, 1, 28, 28)
+    return Segmentation(characters=stacked, boxes=boxes, note="; ".join(notes))
