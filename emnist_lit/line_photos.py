@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageFilter
 
+from emnist_lit.atomic import write_atomically
 from emnist_lit.charsets import VIN_CHARSET
-from emnist_lit.export import write_atomically
 from emnist_lit.segment import rotate_about_centre
 
 LineStyle = Literal["free", "tight", "boxed"]
