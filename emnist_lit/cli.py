@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import signal
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from lightning.pytorch import Trainer
@@ -19,7 +19,7 @@ from emnist_lit.data import EMNISTDataModule
 from emnist_lit.errors import USER_ERRORS, CheckpointError
 from emnist_lit.export import load_bundle_weights, read_bundle
 from emnist_lit.module import EMNISTClassifier
-from emnist_lit.prediction import CharacterWriter
+from emnist_lit.prediction import CharacterWriter, LineWriter
 from emnist_lit.trainer import EMNISTTrainer
 
 
@@ -33,7 +33,8 @@ class EMNISTCLI(LightningCLI):
         commands = {name: set(skip) for name, skip in LightningCLI.subcommands().items()}
         for name in ("validate", "test"):
             commands[name].add("verbose")
-        return {**commands, "lr_find": {"model", "datamodule"}, "export": {"model", "datamodule"}}
+        extra = {"lr_find": {"model", "datamodule"}, "export": {"model", "datamodule"}, "read": {"model", "datamodule"}}
+        return {**commands, **extra}
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.classes", "model.classes", apply_on="instantiate")
@@ -52,8 +53,12 @@ class EMNISTCLI(LightningCLI):
         parser.add_lightning_class_args(AugmentedSamples, "augmented_samples")
         parser.add_lightning_class_args(TestReport, "test_report")
         parser.add_lightning_class_args(CharacterWriter, "prediction")
-        parser.add_argument("--output", type=str | None, default=None, help="predict: CSV file of predictions")
+        parser.add_lightning_class_args(LineWriter, "reading")
+        parser.add_argument("--output", type=str | None, default=None, help="predict, read: CSV file of results")
         parser.link_arguments("output", "prediction.output")
+        parser.link_arguments("output", "reading.output")
+        parser.add_argument("--format", type=Literal["vin", "text"], default="vin", help="read: a VIN or free text")
+        parser.link_arguments("format", "reading.format")
         parser.add_argument("--test_after_fit", type=bool, default=True, help="fit: test the best checkpoint after")
         parser.add_argument("--bundle", type=str | None, default=None, help="predict: an exported bundle folder")
         parser.add_argument("--verbose", type=bool, default=False, help="show Lightning's banners, tips and warnings")
@@ -72,7 +77,7 @@ class EMNISTCLI(LightningCLI):
             config = self.config[subcommand]
             checkpoint = check_ckpt_path(config.get("ckpt_path"))
             classes = (checkpoint or {}).get("hyper_parameters", {}).get("classes")
-            if subcommand == "predict" and isinstance(classes, str):  # the charset only sets the model's classes
+            if subcommand in ("predict", "read") and isinstance(classes, str):  # the charset sets the classes
                 self.config = self.parser.parse_object({subcommand: {"data": {"charset": classes}}}, self.config)
             elif checkpoint is not None and subcommand in ("validate", "test"):
                 check_charset(config.ckpt_path, checkpoint, config.data.charset)
@@ -88,7 +93,7 @@ class EMNISTCLI(LightningCLI):
         super()._parse_ckpt_path()
 
     def before_instantiate_classes(self) -> None:
-        if self.subcommand in ("predict", "export"):  # stdout carries the results; no logs or config to save
+        if self.subcommand in ("predict", "read", "export"):  # stdout carries the results; no logs or config to save
             self.config[self.subcommand].trainer.enable_progress_bar = False
             self.config[self.subcommand].trainer.logger = False
             self.save_config_callback = None
@@ -97,6 +102,8 @@ class EMNISTCLI(LightningCLI):
         trainer = super().instantiate_trainer(**kwargs)
         if not trainer.loggers:  # LearningRateMonitor refuses to start without a logger and has nowhere to write
             trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, LearningRateMonitor)]
+        unused_writer = CharacterWriter if self.subcommand == "read" else LineWriter  # each reads its own batches
+        trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, unused_writer)]
         return trainer
 
     def after_instantiate_classes(self) -> None:
@@ -109,9 +116,11 @@ class EMNISTCLI(LightningCLI):
             self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)
 
     def after_predict(self) -> None:
-        writer = next(c for c in self.trainer.callbacks if isinstance(c, CharacterWriter))
+        writer = next(c for c in self.trainer.callbacks if isinstance(c, CharacterWriter | LineWriter))
         if writer.failed:
             raise SystemExit(1)
+
+    after_read = after_predict
 
     def after_lr_find(self) -> None:
         output = self.config.lr_find.output_config

@@ -1,8 +1,9 @@
-"""People's own scans and photos, made to look like EMNIST samples for `predict`."""
+"""People's own scans and photos, decoded safely and made to look like EMNIST samples for `predict`."""
 
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,34 @@ from torch.utils.data import Dataset
 from emnist_lit.errors import ImageInputError
 
 IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP")
-"""Formats `predict` reads, decided by the file's content rather than its name."""
+"""Formats `predict` and `read` accept, decided by the file's content rather than its name."""
+
+MAX_PIXELS = 256_000_000
+"""Largest image decoded (a 16,000 x 16,000 scan); above it a file is refused as a decompression bomb by name. PIL's
+own limit, about 179 megapixels, would refuse a 200-megapixel phone photo of a form."""
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # PIL warns above it and refuses twice it; `open_image` refuses above it
+
+DRAFT_SIDE = 4000
+"""JPEGs are decoded at a reduced scale (PIL's draft mode) when both sides exceed this: a line needs no more."""
+
+READ_ERRORS = (OSError, UnidentifiedImageError, Image.DecompressionBombError, ValueError, SyntaxError)
+"""What a broken, foreign or hostile file raises while being opened and decoded."""
+
+
+def open_image(path: str | Path) -> Image.Image:
+    """Decode an image file by its content, whole, within `MAX_PIXELS`; large JPEGs in draft mode."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused below, by size, with the reason
+        with Image.open(path, formats=IMAGE_FORMATS) as image:
+            if image.width * image.height > MAX_PIXELS:
+                raise Image.DecompressionBombError(
+                    f"{image.width}x{image.height} pixels: more than {MAX_PIXELS}, refused as a possible "
+                    "decompression bomb"
+                )
+            if min(image.size) > DRAFT_SIDE:
+                image.draft("RGB" if image.mode == "RGB" else "L", (DRAFT_SIDE, DRAFT_SIDE))
+            image.load()
+            return image
 
 
 def to_grayscale(image: Image.Image) -> torch.Tensor:
@@ -82,10 +110,8 @@ class ImageFiles(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor | None, str, str | None]:
         path = self.paths[index]
         try:
-            with Image.open(path, formats=IMAGE_FORMATS) as image:
-                image.load()
-                return prepare_image(to_grayscale(image)), path, None
-        except (OSError, UnidentifiedImageError, Image.DecompressionBombError, ValueError, SyntaxError) as err:
+            return prepare_image(to_grayscale(open_image(path))), path, None
+        except READ_ERRORS as err:
             return None, path, str(err) or type(err).__name__
 
 

@@ -54,6 +54,7 @@ class EMNISTClassifier(L.LightningModule):
         scheduler: LRSchedulerCallable | None = None,
         scheduler_monitor: str = "val/loss",
         scheduler_interval: Literal["epoch", "step"] = "epoch",
+        mistakes_to_show: int | None = None,
     ) -> None:
         """
         Args:
@@ -70,6 +71,7 @@ class EMNISTClassifier(L.LightningModule):
             scheduler_monitor: metric a ReduceLROnPlateau scheduler watches.
             scheduler_interval: step the scheduler every `epoch` or every optimizer `step` (one-cycle schedules);
                 a scheduler with an unset `total_steps` (OneCycleLR) gets the trainer's estimated step count.
+            mistakes_to_show: unused; checkpoints made before `test_report.mistakes_to_show` existed still carry it.
         """
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
@@ -123,8 +125,11 @@ class EMNISTClassifier(L.LightningModule):
         self.log("hp_metric", self.test_metrics["acc"].compute())
 
     def predict_step(self, batch: tuple[torch.Tensor, list[str]], batch_idx: int) -> torch.Tensor:
-        """Class probabilities for each image of the batch."""
-        return self(batch[0]).softmax(dim=1)
+        """Class probabilities for each image of the batch (a batch of blank photos for `read` may hold none)."""
+        images = batch[0]
+        if len(images) == 0:
+            return images.new_zeros(0, len(self.classes))
+        return self(images).softmax(dim=1)
 
     def configure_optimizers(self) -> dict:
         optimizer = self.optimizer(self.parameters())

@@ -1,17 +1,19 @@
-"""`predict`'s output: one `ASCII_CODE, PATH` line per image, unreadable files named on stderr, and a CSV."""
+"""What `predict` and `read` print and write: one line per image on stdout, unreadable files named on stderr, and
+a CSV written atomically once every batch is done."""
 
 from __future__ import annotations
 
 import csv
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from emnist_lit.atomic import write_atomically
+from emnist_lit.vin import DEFAULT_MIN_CONFIDENCE, STATUS_UNVERIFIED, VIN_LENGTH, Reading, decode_text, decode_vins
 
 
 class CharacterWriter(BasePredictionWriter):
@@ -56,13 +58,103 @@ class CharacterWriter(BasePredictionWriter):
 
     def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.output:
+            write_csv(self.output, ["path", "char", "ascii", "confidence", f"top{self.top_k}"], self.rows)
+        if self.failed:
+            print(f"{len(self.failed)} of {len(self.failed) + len(self.rows)} files failed", file=sys.stderr)
 
-            def write(tmp: Path) -> None:
-                with tmp.open("w", newline="", encoding="utf-8") as handle:
-                    writer = csv.writer(handle)
-                    writer.writerow(["path", "char", "ascii", "confidence", f"top{self.top_k}"])
-                    writer.writerows(self.rows)
 
-            write_atomically(self.output, write)
+def write_csv(path: str | Path, header: list[str], rows: list[list[str]]) -> None:
+    """The whole table or nothing: a crash never leaves half a CSV under `path`."""
+
+    def write(tmp: Path) -> None:
+        with tmp.open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(header)
+            writer.writerows(rows)
+
+    write_atomically(path, write)
+
+
+class LineWriter(BasePredictionWriter):
+    """Prints `TEXT, PATH` per photo of a handwritten line, decoding its characters' probabilities as a VIN (check
+    digit and position rules, status `valid`, `corrected` or `unverified`) or as free text; unreadable files are
+    named on stderr; the CSV holds the status, the confidence and each character's top alternatives."""
+
+    def __init__(
+        self,
+        output: str | None = None,
+        format: Literal["vin", "text"] = "vin",
+        check_digit: bool = True,
+        min_confidence: float = DEFAULT_MIN_CONFIDENCE,
+        top_k: int = 3,
+    ) -> None:
+        """
+        Args:
+            output: CSV file to write (`path,text,status,confidence,characters,alternatives`); none when unset.
+            format: `vin` (17 characters under 49 CFR 565.15's rules) or `text` (any length, the model's charset).
+            check_digit: VINs carry the position-9 check digit (North America); false for European VINs.
+            min_confidence: below this probability of being right, a reading is `unverified`.
+            top_k: alternatives listed per character in the CSV.
+        """
+        super().__init__(write_interval="batch")
+        if not 0.0 <= min_confidence <= 1.0:
+            raise ValueError(f"min_confidence {min_confidence}: must be between 0 and 1")
+        self.output, self.format, self.check_digit = output, format, check_digit
+        self.min_confidence, self.top_k = min_confidence, top_k
+        self.rows: list[list[str]] = []
+        self.failed: list[str] = []
+
+    @property
+    def expected_count(self) -> int | None:
+        """How many characters the segmenter should find on each photo."""
+        return VIN_LENGTH if self.format == "vin" else None
+
+    def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.rows, self.failed = [], []
+
+    def decode(self, probs: torch.Tensor, counts: list[int], classes: str) -> list[Reading]:
+        """One reading per photo; VINs of 17 characters are decoded together, in one call."""
+        per_photo = probs.float().cpu().split(counts)
+        if self.format == "text":
+            return [decode_text(p, classes, self.min_confidence, self.top_k) for p in per_photo]
+        readings: list[Reading | None] = [None] * len(per_photo)
+        full = [i for i, p in enumerate(per_photo) if len(p) == VIN_LENGTH]
+        if full:
+            batch = torch.stack([per_photo[i] for i in full])
+            decoded = decode_vins(batch, classes, self.check_digit, self.min_confidence, self.top_k)
+            for i, reading in zip(full, decoded, strict=True):
+                readings[i] = reading
+        for i, p in enumerate(per_photo):
+            if readings[i] is None:
+                readings[i] = Reading("".join(classes[j] for j in p.argmax(1).tolist()), STATUS_UNVERIFIED, 0.0, ())
+        return readings  # type: ignore[return-value]
+
+    def write_on_batch_end(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        prediction: torch.Tensor,
+        batch_indices: Any,
+        batch: tuple[torch.Tensor, list[str], list[tuple[str, str]], list[int]],
+        batch_idx: int,
+        dataloader_idx: int,
+    ) -> None:
+        _, paths, failures, counts = batch
+        for path, reason in failures:
+            print(f"error: {path}: {reason}", file=sys.stderr, flush=True)
+            self.failed.append(path)
+        for path, count, reading in zip(paths, counts, self.decode(prediction, counts, pl_module.classes), strict=True):
+            print(f"{reading.text}, {path}", flush=True)
+            alternatives = " | ".join(
+                " ".join(f"{c}:{p:.4f}" for c, p in position) for position in reading.alternatives
+            )
+            self.rows.append(
+                [path, reading.text, reading.status, f"{reading.confidence:.6f}", str(count), alternatives]
+            )
+
+    def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.output:
+            header = ["path", "text", "status", "confidence", "characters", f"top{self.top_k}_per_character"]
+            write_csv(self.output, header, self.rows)
         if self.failed:
             print(f"{len(self.failed)} of {len(self.failed) + len(self.rows)} files failed", file=sys.stderr)

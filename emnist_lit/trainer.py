@@ -1,4 +1,5 @@
-"""The Trainer with this project's extra subcommands: `lr_find` (the LR range test) and `export` (a bundle)."""
+"""The Trainer with this project's extra subcommands: `lr_find` (the LR range test), `export` (a bundle) and `read`
+(handwritten lines to text)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ from lightning.pytorch.tuner import Tuner
 
 from emnist_lit.data import EMNISTDataModule
 from emnist_lit.export import export_bundle
+from emnist_lit.images import list_images
+from emnist_lit.line_files import line_photo_loader
+from emnist_lit.prediction import LineWriter
 
 
 def steepest_descent_lr(lrs: list[float], losses: list[float], skip_begin: int = 10, skip_end: int = 1) -> float | None:
@@ -90,3 +94,23 @@ class EMNISTTrainer(Trainer):
         written = export_bundle(trained, folder, onnx=onnx)
         print("\n".join(f"wrote {path}" for path in written))
         return written
+
+    def read(
+        self,
+        model: LightningModule,
+        datamodule: EMNISTDataModule,
+        ckpt_path: str | None = None,
+        photos_per_batch: int = 32,
+    ) -> None:
+        """Read photos of handwritten lines (a VIN, or any short string): each photo is cut into characters, the
+        model classifies all characters of a batch of photos at once, and the `reading` writer decodes and prints
+        `TEXT, PATH` per photo. Files come from `--data.predict_dir` and `--data.predict_files`, as for `predict`.
+
+        Args:
+            ckpt_path: the checkpoint to read with (its charset decides what can be read).
+            photos_per_batch: photos whose characters are classified in one forward pass.
+        """
+        writer = next(c for c in self.callbacks if isinstance(c, LineWriter))
+        paths = list_images(datamodule.hparams.predict_dir, datamodule.hparams.predict_files)
+        loader = line_photo_loader(paths, writer.expected_count, photos_per_batch, datamodule.hparams.predict_workers)
+        self.predict(model, dataloaders=loader, ckpt_path=ckpt_path, return_predictions=False)
