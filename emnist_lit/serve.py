@@ -6,8 +6,12 @@ images go through the same preparation as `predict`, so a drawn character is rea
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
-from collections.abc import Callable
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -202,6 +206,30 @@ def create_app(
         Route("/api/predict", api_predict, methods=["POST"]),
     ]
     return Starlette(routes=routes)
+
+
+@contextlib.contextmanager
+def serve_in_thread(app: Starlette, host: str = "127.0.0.1", timeout: float = 30.0) -> Iterator[str]:
+    """Run `app` with uvicorn in a background thread on a free port of `host` and yield its URL; for browser tests
+    and screenshots, which need a real server but must start and stop it themselves."""
+    import uvicorn
+
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind((host, 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + timeout
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"the demo server did not start on {host} within {timeout:g} s")
+            thread.join(timeout=0.02)  # poll; returns at once if the server thread died
+        yield f"http://{host}:{listener.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=timeout)
+        listener.close()
 
 
 def serve(ckpt_path: str, host: str = "127.0.0.1", port: int = 7860) -> None:
