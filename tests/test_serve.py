@@ -149,3 +149,23 @@ def test_info_shows_the_checkpoint(demo: tuple[TestClient, str], trained_checkpo
 def test_checkpoint_info_reads_a_stored_test_accuracy() -> None:
     info = checkpoint_info("x.ckpt", {"hyper_parameters": {"classes": "AB"}, "metrics": {"test/acc": 0.93}})
     assert info["test_acc"] == pytest.approx(0.93) and info["classes"] == "AB" and info["best_score"] is None
+
+
+def test_serve_runs_the_app_of_a_checkpoint_on_loopback(
+    trained_checkpoint: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import uvicorn
+
+    from emnist_lit.serve import serve
+
+    calls = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: calls.append((app, kwargs)))
+    serve(str(trained_checkpoint), port=7999)
+    ((app, kwargs),) = calls
+    assert kwargs["host"] == "127.0.0.1" and kwargs["port"] == 7999
+    assert TestClient(app).get("/api/info").json()["checkpoint"] == trained_checkpoint.name
+
+    not_a_checkpoint = tmp_path / "notes.ckpt"
+    not_a_checkpoint.write_text("hello")
+    with pytest.raises(ValueError, match=re.escape(str(not_a_checkpoint))):
+        serve(str(not_a_checkpoint))
