@@ -4,6 +4,7 @@ installs Chromium and Playwright first; elsewhere these tests skip and say why."
 
 from __future__ import annotations
 
+import base64
 import importlib.util
 import io
 import os
@@ -144,6 +145,34 @@ def test_drawn_characters_are_read_as_they_are_drawn(page, server_url: str, tmp_
     assert shot.stat().st_size > 20_000
     assert page.requests and all(url.startswith(server_url + "/") for url in page.requests), page.requests
     assert page.errors == []
+
+
+def stroke_width(image: np.ndarray) -> float:
+    """Mean stroke width in pixels: ink area over half its boundary length (EMNIST sample test set: median 3.2,
+    quartiles 2.7 and 3.7)."""
+    ink = image > 127
+    padded = np.pad(ink, 1)
+    interior = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+    return ink.sum() / ((ink & ~interior).sum() / 2)
+
+
+def test_pen_draws_emnist_wide_strokes(page) -> None:
+    """An A filling about two thirds of the box reaches the model with strokes as wide as EMNIST's (between the
+    quartiles of the EMNIST sample's test set)."""
+    from playwright.sync_api import expect
+
+    box = page.locator("#canvas").bounding_box()
+    for stroke in ([(0.3, 0.82), (0.5, 0.18)], [(0.5, 0.18), (0.7, 0.82)], [(0.38, 0.58), (0.62, 0.58)]):
+        (x0, y0), (x1, y1) = ((box["x"] + x * box["width"], box["y"] + y * box["height"]) for x, y in stroke)
+        page.mouse.move(x0, y0)
+        page.mouse.down()
+        page.mouse.move(x1, y1, steps=10)
+        page.mouse.up()
+    settled(page, "draw")
+    expect(page.locator("#draw-prepared")).to_have_attribute("src", re.compile(r"^data:image/png;base64,"))
+    data_url = page.locator("#draw-prepared").get_attribute("src")
+    with Image.open(io.BytesIO(base64.b64decode(data_url.split(",", 1)[1]))) as prepared:
+        assert 2.7 <= stroke_width(np.asarray(prepared)) <= 3.7
 
 
 def test_uploads_are_read_and_bad_files_get_a_message(page, server_url: str, tmp_path: Path) -> None:
