@@ -40,6 +40,7 @@ def main() -> None:
     parser.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
     args = parser.parse_args()
 
+    expect.set_options(timeout=20_000)
     model, info = load_demo_model(args.ckpt_path)
     with serve_in_thread(create_app(model, info)) as url, sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=args.chromium)
