@@ -217,3 +217,33 @@ def test_uploads_are_read_and_bad_files_get_a_message(page, server_url: str, tmp
     assert page.locator("#upload-top li").first.get_attribute("data-char") == classes[8], "still serving"
     assert all(url.startswith(server_url + "/") for url in page.requests), page.requests
     assert page.errors == []
+
+
+def test_string_reader_answer_is_shown(browser, trained_checkpoint: Path, tmp_path: Path) -> None:
+    """Once a string reader is plugged in, an upload in "whole string" mode shows its text, status and the
+    alternatives for each character."""
+    from playwright.sync_api import expect
+
+    from emnist_lit.serve import create_app, load_demo_model, serve_in_thread
+
+    answer = {
+        "text": "1HG",
+        "status": "corrected",
+        "confidence": 0.42,
+        "alternatives": [[["1", 0.9], ["7", 0.05]], [["H", 0.8], ["N", 0.1]], [["G", 0.6], ["6", 0.3]]],
+    }
+    model, info = load_demo_model(trained_checkpoint)
+    with serve_in_thread(create_app(model, info, line_reader=lambda gray: answer)) as url:
+        page = browser.new_page()
+        page.goto(url)
+        expect(page.locator("#line-note")).to_have_text("")
+        page.check("input[name=mode][value=line]")
+        page.set_input_files("#file", glyph_png(tmp_path / "vin.png", 1))
+        settled(page, "upload")
+        expect(page.locator("#upload-line .line-text")).to_have_text("1HG")
+        expect(page.locator("#upload-line .status")).to_have_text("corrected")
+        expect(page.locator("#upload-line")).to_contain_text("confidence 42.0%")
+        rows = page.locator("#upload-line table.alternatives tr")
+        expect(rows).to_have_count(2)
+        expect(rows.nth(1).locator("td")).to_have_text(["7 5%", "N 10%", "6 30%"])
+        page.close()
