@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-# Checkpoint loading lives in one place: these two names may move to emnist_lit.checkpoints.
+# The checkpoint loaders (used only in load_demo_model) may move to emnist_lit.checkpoints.
 from emnist_lit.export import load_checkpoint
 from emnist_lit.images import IMAGE_FORMATS, prepare_image, to_grayscale
 from emnist_lit.module import EMNISTClassifier
@@ -33,8 +33,8 @@ MAX_BODY_BYTES = 8 * 1024 * 1024
 """Largest upload accepted; a phone photo of a VIN fits, a stray video does not."""
 
 MAX_IMAGE_PIXELS = 40_000_000
-"""Largest image decoded (checked from the header, before decoding): far below PIL's own decompression-bomb
-limit, because a small compressed file can still decode to gigabytes of float pixels here."""
+"""Largest image decoded (checked from the header, before decoding): below PIL's own decompression-bomb limit,
+because a small compressed file can still decode to gigabytes of float pixels here."""
 
 TOP_K = 3
 
@@ -167,8 +167,9 @@ def create_app(
     `mode=char` (default) answers `{"top": [[char, prob], ...], "prepared": DATA_URL}`. `mode=line` reads a whole
     string with `line_reader` and answers its dict, which must be
     `{"text": str, "status": "valid" | "corrected" | "unverified", "confidence": float,
-    "alternatives": [[[char, prob], ...], ...]}` (one list of candidates per character of `text`); without a
-    reader it answers 501. Bad input answers a 4xx `{"error": message}`; the server keeps serving."""
+    "alternatives": [[[char, prob], ...], ...]}` (one list of candidates per character of `text`); the reader
+    raises `DemoInputError` for an image it cannot read. Without a reader it answers 501. Bad input answers a
+    4xx `{"error": message}`; the server keeps serving."""
     model = model.eval()
     page = (files("emnist_lit") / "static" / "index.html").read_text(encoding="utf-8")
     description = {
