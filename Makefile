@@ -61,3 +61,22 @@ format: install ## ruff fix and format
 
 clean: ## remove logs and caches (not .venv)
 	rm -rf logs lightning_logs .pytest_cache .ruff_cache **/__pycache__ *.egg-info
+
+# The demo page (draw or upload a character, see the top-3) at http://127.0.0.1:7860/; CKPT defaults to the best
+# checkpoint of the newest `make fit` run. ARGS="--port 8000" for another port.
+CKPT ?= $(shell ls -t logs/*/version_*/checkpoints/epoch*.ckpt 2>/dev/null | head -n 1)
+CHROMIUM ?= $(or $(shell command -v chromium),/usr/bin/chromium)
+.PHONY: demo test-browser
+
+demo: install
+	@test -n "$(CKPT)" || { echo "no checkpoint: run make fit first, or make demo CKPT=path/to/file.ckpt"; exit 2; }
+	$(BIN)/python -c "import starlette, uvicorn" 2>/dev/null || $(BIN)/python -m pip install --quiet -e ".[demo]"
+	$(BIN)/python -m emnist_lit serve --ckpt_path $(CKPT) $(ARGS)
+
+# The demo page in a real headless Chromium; installs Chromium (Debian's package, as root) and Playwright first
+test-browser: install
+	@test -x $(CHROMIUM) || { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && apt-get install -y -qq chromium; \
+		else echo "no Chromium at $(CHROMIUM): install it (sudo apt-get install chromium) or pass CHROMIUM=PATH"; exit 2; fi; }
+	$(BIN)/python -c "import playwright" 2>/dev/null || $(BIN)/python -m pip install --quiet -e ".[dev,export,browser]"
+	CHROMIUM=$(CHROMIUM) $(BIN)/python -m pytest -m browser tests/test_demo_browser.py
