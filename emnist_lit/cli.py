@@ -24,7 +24,7 @@ from emnist_lit.trainer import EMNISTTrainer
 
 
 class EMNISTCLI(LightningCLI):
-    """`python -m emnist_lit fit|validate|test|predict|lr_find --config configs/X.yaml`."""
+    """`python -m emnist_lit fit|validate|test|predict|read|serve|lr_find|export --config configs/X.yaml`."""
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
@@ -33,8 +33,8 @@ class EMNISTCLI(LightningCLI):
         commands = {name: set(skip) for name, skip in LightningCLI.subcommands().items()}
         for name in ("validate", "test"):
             commands[name].add("verbose")
-        extra = {"lr_find": {"model", "datamodule"}, "export": {"model", "datamodule"}, "read": {"model", "datamodule"}}
-        return {**commands, **extra}
+        extra = ("lr_find", "export", "read", "serve")
+        return {**commands, **{name: {"model", "datamodule"} for name in extra}}
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.classes", "model.classes", apply_on="instantiate")
@@ -77,7 +77,7 @@ class EMNISTCLI(LightningCLI):
             config = self.config[subcommand]
             checkpoint = check_ckpt_path(config.get("ckpt_path"))
             classes = (checkpoint or {}).get("hyper_parameters", {}).get("classes")
-            if subcommand in ("predict", "read") and isinstance(classes, str):  # the charset sets the classes
+            if subcommand in ("predict", "read", "serve") and isinstance(classes, str):  # the charset sets the classes
                 self.config = self.parser.parse_object({subcommand: {"data": {"charset": classes}}}, self.config)
             elif checkpoint is not None and subcommand in ("validate", "test"):
                 check_charset(config.ckpt_path, checkpoint, config.data.charset)
@@ -93,7 +93,7 @@ class EMNISTCLI(LightningCLI):
         super()._parse_ckpt_path()
 
     def before_instantiate_classes(self) -> None:
-        if self.subcommand in ("predict", "read", "export"):  # stdout carries the results; no logs or config to save
+        if self.subcommand in ("predict", "read", "export", "serve"):  # no logs or config to save
             self.config[self.subcommand].trainer.enable_progress_bar = False
             self.config[self.subcommand].trainer.logger = False
             self.save_config_callback = None
@@ -102,7 +102,7 @@ class EMNISTCLI(LightningCLI):
         trainer = super().instantiate_trainer(**kwargs)
         if not trainer.loggers:  # LearningRateMonitor refuses to start without a logger and has nowhere to write
             trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, LearningRateMonitor)]
-        unused_writer = CharacterWriter if self.subcommand == "read" else LineWriter  # each reads its own batches
+        unused_writer = CharacterWriter if self.subcommand in ("read", "serve") else LineWriter  # own batch formats
         trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, unused_writer)]
         return trainer
 

@@ -24,10 +24,11 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-# The checkpoint loaders (used only in load_demo_model) may move to emnist_lit.checkpoints.
-from emnist_lit.export import load_checkpoint
+from emnist_lit.checkpoints import load_checkpoint
 from emnist_lit.images import IMAGE_FORMATS, prepare_image, to_grayscale
 from emnist_lit.module import EMNISTClassifier
+from emnist_lit.prediction import LineWriter
+from emnist_lit.segment import segment_line
 
 MAX_BODY_BYTES = 8 * 1024 * 1024
 """Largest upload accepted; a phone photo of a VIN fits, a stray video does not."""
@@ -233,16 +234,39 @@ def serve_in_thread(app: Starlette, host: str = "127.0.0.1", timeout: float = 30
         listener.close()
 
 
-def serve(ckpt_path: str, host: str = "127.0.0.1", port: int = 7860) -> None:
+def line_reader(model: EMNISTClassifier, reading: LineWriter) -> LineReader:
+    """The page's line mode reads as `read` does: cut the photo into characters, classify them in one batch, and
+    decode them with `reading`'s rules (a VIN with its check digit, or free text)."""
+
+    def read_line(gray: torch.Tensor) -> dict[str, Any]:
+        image = Image.fromarray((gray.clamp(0, 1) * 255).round().to(torch.uint8).numpy(), mode="L")
+        characters = segment_line(image, expected_count=reading.expected_count).characters
+        with torch.inference_mode():
+            probs = model.predict_step((characters,), 0)
+        result = reading.decode(probs, [len(characters)], model.classes)[0]
+        alternatives = [[[char, prob] for char, prob in position] for position in result.alternatives]
+        return {
+            "text": result.text,
+            "status": result.status,
+            "confidence": result.confidence,
+            "alternatives": alternatives,
+        }
+
+    return read_line
+
+
+def serve(ckpt_path: str, host: str = "127.0.0.1", port: int = 7860, reading: LineWriter | None = None) -> None:
     """Serve the demo page for a checkpoint at http://HOST:PORT/ until Ctrl-C.
 
     Args:
         ckpt_path: a checkpoint written by `fit` (read with `weights_only`, so no code in it runs).
         host: the interface to listen on; the default keeps the page on this machine.
         port: the TCP port.
+        reading: how uploaded lines are decoded (format, check digit, confidence threshold); a VIN by default.
     """
     import uvicorn
 
     model, info = load_demo_model(ckpt_path)
+    app = create_app(model, info, line_reader=line_reader(model, reading or LineWriter()))
     print(f"serving {info['checkpoint']} ({len(model.classes)} classes) at http://{host}:{port}/", flush=True)
-    uvicorn.run(create_app(model, info), host=host, port=port, log_level="warning")
+    uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -10,6 +10,7 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.tuner import Tuner
 
 from emnist_lit.data import EMNISTDataModule
+from emnist_lit.errors import EMNISTConfigError
 from emnist_lit.export import export_bundle
 from emnist_lit.images import list_images
 from emnist_lit.line_files import line_photo_loader
@@ -114,3 +115,25 @@ class EMNISTTrainer(Trainer):
         paths = list_images(datamodule.hparams.predict_dir, datamodule.hparams.predict_files)
         loader = line_photo_loader(paths, writer.expected_count, photos_per_batch, datamodule.hparams.predict_workers)
         self.predict(model, dataloaders=loader, ckpt_path=ckpt_path, return_predictions=False)
+
+    def serve(
+        self,
+        model: LightningModule,
+        datamodule: EMNISTDataModule,
+        ckpt_path: str,
+        host: str = "127.0.0.1",
+        port: int = 7860,
+    ) -> None:
+        """Serve the demo page (draw a character, or upload a photo of one or of a whole line) for a checkpoint at
+        http://HOST:PORT/; lines are decoded with the `reading` options, as `read` does. Needs the `demo` extra.
+
+        Args:
+            ckpt_path: the checkpoint to serve.
+            host: the interface to listen on; the default keeps the page on this machine.
+            port: the TCP port.
+        """
+        try:
+            from emnist_lit.serve import serve
+        except ImportError as err:
+            raise EMNISTConfigError(f"serve needs the demo extra ({err}): pip install -e '.[demo]'") from err
+        serve(ckpt_path, host, port, reading=next((c for c in self.callbacks if isinstance(c, LineWriter)), None))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from playwright.sync_api import expect, sync_playwright
 
-from emnist_lit.export import write_atomically
+from emnist_lit.atomic import write_atomically
 from emnist_lit.serve import create_app, load_demo_model, serve_in_thread
 
 STROKES = {

@@ -169,3 +169,21 @@ def test_serve_runs_the_app_of_a_checkpoint_on_loopback(
     not_a_checkpoint.write_text("hello")
     with pytest.raises(ValueError, match=re.escape(str(not_a_checkpoint))):
         serve(str(not_a_checkpoint))
+
+
+def test_line_mode_of_serve_reads_a_vin_photo_as_read_does(trained_checkpoint: Path) -> None:
+    from test_read import KNOWN_VIN, line_photo
+
+    from emnist_lit.prediction import LineWriter
+    from emnist_lit.serve import line_reader
+
+    model, info = load_demo_model(trained_checkpoint)
+    client = TestClient(create_app(model, info, line_reader=line_reader(model, LineWriter())))
+    buffer = io.BytesIO()
+    line_photo(KNOWN_VIN).save(buffer, format="PNG")
+    response = client.post("/api/predict?mode=line", content=buffer.getvalue())
+    assert response.status_code == 200
+    answer = response.json()
+    assert (answer["text"], answer["status"]) == (KNOWN_VIN, "valid")
+    assert answer["confidence"] >= 0.9
+    assert [position[0][0] for position in answer["alternatives"]] == list(KNOWN_VIN)
