@@ -9,19 +9,22 @@ CONFIG ?= configs/fast_vin.yaml
 DATA_ROOT ?= $(if $(wildcard ../shared/data/emnist-sample),../shared/data/emnist-sample,data)
 ARGS ?=
 PYTEST_ARGS ?=
+# The browser tests' extra (Playwright) where a Chromium is installed, so `make test` runs them there
+EXTRAS ?= dev,export$(if $(shell command -v chromium),$(comma)browser)
+comma := ,
 
 .PHONY: help install fit validate test test-fast lr-find tensorboard bench bench-predict lint format clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
-install: $(VENV)/.installed ## create .venv and install the project with its dev and export extras
+install: $(VENV)/.installed ## create .venv and install the project with its dev and export extras (browser too where Chromium is)
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH)
-	$(BIN)/python -m pip install --quiet -e ".[dev,export]"
+	$(BIN)/python -m pip install --quiet -e ".[$(EXTRAS)]"
 	touch $@
 
 fit: install ## train, validate and test CONFIG (default configs/fast_vin.yaml) on DATA_ROOT
