@@ -89,7 +89,7 @@ class EMNISTCLI(LightningCLI):
         super()._parse_ckpt_path()
 
     def before_instantiate_classes(self) -> None:
-        checkpoint = self.config[self.subcommand].get("checkpoint") if self.subcommand else None
+        checkpoint = (self.config[self.subcommand] if self.subcommand else self.config).get("checkpoint")
         if checkpoint is not None and checkpoint.filename is None and checkpoint.monitor:
             name = checkpoint.monitor.rsplit("/", 1)[-1]  # epoch05-balanced_acc0.9400.ckpt: what it was selected by
             checkpoint.filename = f"epoch{{epoch:02d}}-{name}{{{checkpoint.monitor}:.4f}}"
