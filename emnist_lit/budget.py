@@ -60,8 +60,8 @@ class TimeBudget(Callback):
             warmup_fraction: share of the budget spent raising the LR to its peak (OneCycleLR's `pct_start`).
             div_factor: the LR starts at peak / div_factor.
             final_div_factor: the LR ends at peak / div_factor / final_div_factor.
-            cycle_momentum: move momentum (SGD) or beta1 (Adam) from max_momentum down to base_momentum while the LR
-                rises, and back while it falls.
+            cycle_momentum: move SGD momentum (when not 0) or Adam beta1 from max_momentum down to base_momentum while
+                the LR rises, and back while it falls.
             base_momentum: momentum at the LR's peak.
             max_momentum: momentum at the start and end.
         """
@@ -115,7 +115,7 @@ class TimeBudget(Callback):
                     )
                     if "betas" in group:
                         group["betas"] = (momentum, *group["betas"][1:])
-                    elif "momentum" in group:
+                    elif group.get("momentum"):  # plain SGD (momentum 0) stays plain
                         group["momentum"] = momentum
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -188,7 +188,8 @@ class TimeBudget(Callback):
             )
 
     def state_dict(self) -> dict[str, float]:
-        return {"elapsed": self.elapsed()}
+        """The training time spent, so a resumed run continues the schedule where it was."""
+        return {"elapsed": self.elapsed()} if self.minutes is not None else {}
 
     def load_state_dict(self, state_dict: dict[str, float]) -> None:
         self._offset = state_dict.get("elapsed", 0.0)
