@@ -13,6 +13,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from emnist_lit import quiet
 from emnist_lit.atomic import write_atomically
+from emnist_lit.budget import TimeBudget
 from emnist_lit.callbacks import AugmentedSamples, SigtermCheckpoint, TestReport
 from emnist_lit.checkpoints import check_charset, check_ckpt_path, check_resume_folder
 from emnist_lit.data import EMNISTDataModule
@@ -44,10 +45,10 @@ class EMNISTCLI(LightningCLI):
                 "checkpoint.monitor": "val/acc",
                 "checkpoint.mode": "max",
                 "checkpoint.save_last": True,
-                "checkpoint.filename": "epoch{epoch:02d}-acc{val/acc:.4f}",
                 "checkpoint.auto_insert_metric_name": False,
             }
         )
+        parser.add_lightning_class_args(TimeBudget, "time_budget")
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
         parser.add_lightning_class_args(SigtermCheckpoint, "sigterm_checkpoint")
         parser.add_lightning_class_args(AugmentedSamples, "augmented_samples")
@@ -93,6 +94,10 @@ class EMNISTCLI(LightningCLI):
         super()._parse_ckpt_path()
 
     def before_instantiate_classes(self) -> None:
+        checkpoint = (self.config[self.subcommand] if self.subcommand else self.config).get("checkpoint")
+        if checkpoint is not None and checkpoint.filename is None and checkpoint.monitor:
+            name = checkpoint.monitor.rsplit("/", 1)[-1]  # epoch05-balanced_acc0.9400.ckpt: what it was selected by
+            checkpoint.filename = f"epoch{{epoch:02d}}-{name}{{{checkpoint.monitor}:.4f}}"
         if self.subcommand in ("predict", "read", "export", "serve"):  # no logs or config to save
             self.config[self.subcommand].trainer.enable_progress_bar = False
             self.config[self.subcommand].trainer.logger = False
