@@ -1,0 +1,131 @@
+"""How well and how fast `read --format vin` reads photos of handwritten VINs: generated photos of VINs composed from
+the EMNIST test split (characters the model never trained on), in every style, read through the real `read` command
+(DataLoader workers segmenting, one batched forward pass per batch of photos), then scored against the truth.
+
+    python scripts/bench_read.py --ckpt-path CKPT [--photos 210] [--data-root ../shared/data/emnist-sample]
+    python scripts/bench_read.py --ckpt-path CKPT --photo-dir DIR   # photos made elsewhere, with DIR/labels.csv
+
+Prints, overall and per style: exact VIN (all 17 right), character accuracy, silently wrong (status valid or
+corrected but not the true VIN), the share of each status, and photos/s of the whole read (model load included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import io
+import json
+import os
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+from emnist_lit.charsets import BALANCED47_CHARSET
+from emnist_lit.cli import main as cli_main
+from emnist_lit.data import find_emnist_files, load_split
+from emnist_lit.line_photos import LINE_STYLES, write_line_photos
+
+SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "emnist-sample"
+STATUSES = ("valid", "corrected", "unverified")
+
+
+def newest_checkpoint() -> str | None:
+    found = sorted(Path("logs").glob("vin_reader/version_*/checkpoints/epoch*.ckpt"), key=os.path.getmtime)
+    return str(found[-1]) if found else None
+
+
+def score(truth: dict[str, tuple[str, str]], rows: list[dict[str, str]]) -> dict[str, dict[str, float]]:
+    """Per style and overall: exact rate, character accuracy, silently-wrong rate and status shares."""
+    groups: dict[str, list[tuple[str, str, str]]] = defaultdict(list)
+    for row in rows:
+        text, style = truth[Path(row["path"]).name]
+        for group in (style, "all"):
+            groups[group].append((text, row["text"], row["status"]))
+    table = {}
+    for group, items in groups.items():
+        n = len(items)
+        chars = sum(sum(a == b for a, b in zip(true, read, strict=False)) for true, read, _ in items)
+        table[group] = {
+            "photos": n,
+            "exact": sum(true == read for true, read, _ in items) / n,
+            "char_accuracy": chars / sum(len(true) for true, _, _ in items),
+            "silently_wrong": sum(true != read and status != "unverified" for true, read, status in items) / n,
+            **{status: sum(s == status for _, _, s in items) / n for status in STATUSES},
+        }
+    return table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ckpt-path", default=newest_checkpoint(), help="default: the newest vin_reader checkpoint")
+    parser.add_argument("--photos", type=int, default=210, help="photos to generate, the styles taken in turn")
+    parser.add_argument("--photo-dir", type=Path, help="read these photos (DIR/labels.csv: path,text,style) instead")
+    parser.add_argument("--data-root", type=Path, default=SAMPLE)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--photos-per-batch", type=int, default=32)
+    parser.add_argument("--output", type=Path, default=Path("bench/read.json"))
+    args = parser.parse_args()
+    if not args.ckpt_path:
+        parser.error("no checkpoint: pass --ckpt-path (make fit CONFIG=configs/vin_reader.yaml makes one)")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.photo_dir is None:
+            images, labels = load_split(find_emnist_files(args.data_root), "test")
+            folder = Path(tmp) / "photos"
+            write_line_photos(folder, args.photos, images, labels, BALANCED47_CHARSET, LINE_STYLES, args.seed)
+            source = f"{args.photos} photos generated from the EMNIST test split in {args.data_root}, seed {args.seed}"
+        else:
+            folder, source = args.photo_dir, f"photos in {args.photo_dir}"
+        with (folder / "labels.csv").open(newline="", encoding="utf-8") as handle:
+            truth = {row["path"]: (row["text"], row.get("style") or "?") for row in csv.DictReader(handle)}
+        files = [str(folder / name) for name in truth]
+        output = Path(tmp) / "read.csv"
+        load = os.getloadavg()
+        start = time.perf_counter()
+        with contextlib.redirect_stdout(io.StringIO()):
+            cli_main(
+                [
+                    "read",
+                    f"--ckpt_path={args.ckpt_path}",
+                    f"--data.predict_files={json.dumps(files)}",
+                    f"--photos_per_batch={args.photos_per_batch}",
+                    f"--output={output}",
+                ]
+            )
+        seconds = time.perf_counter() - start
+        with output.open(newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+
+    table = score(truth, rows)
+    result = {
+        "checkpoint": args.ckpt_path,
+        "source": source,
+        "photos_per_s": len(rows) / seconds,
+        "seconds": seconds,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "load_average_before_after": [load[0], os.getloadavg()[0]],
+        "by_style": table,
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, indent=2))
+    print(f"{source}\ncheckpoint {args.ckpt_path}")
+    header = f"{'style':>8} {'photos':>6} {'exact':>6} {'chars':>6} {'silent':>7} " + " ".join(
+        f"{s:>10}" for s in STATUSES
+    )
+    print(header)
+    for group in (*[s for s in LINE_STYLES if s in table], "all"):
+        r = table[group]
+        shares = " ".join(f"{r[s]:10.3f}" for s in STATUSES)
+        rates = f"{r['exact']:6.3f} {r['char_accuracy']:6.3f} {r['silently_wrong']:7.3f}"
+        print(f"{group:>8} {r['photos']:6d} {rates} {shares}")
+    speed = f"{result['photos_per_s']:.1f} photos/s end to end (model load included)"
+    print(f"{len(rows)} photos in {seconds:.1f} s: {speed}")
+
+
+if __name__ == "__main__":
+    main()
