@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -159,6 +160,16 @@ def _is_thin_ridge(coverage: np.ndarray, start: int, stop: int, text_height: flo
     return max(around, default=0) < 0.3 * coverage[start:stop].max()
 
 
+def _spans_the_line(columns: np.ndarray, text_width: float, text_height: float) -> bool:
+    """Whether long runs in these columns make one printed line: across the whole text and longer than a character
+    is high, broken at most by the narrow gaps between separate boxes (flat strokes of characters that happen to
+    align leave wide gaps; one character's bar is short)."""
+    runs = _clusters(columns)
+    gaps = [b[0] - a[1] for a, b in itertools.pairwise(runs)]
+    span = runs[-1][1] - runs[0][0]
+    return span >= max(0.8 * text_width, 2 * text_height) and max(gaps, default=0) <= 0.5 * text_height
+
+
 def _remove_form_lines(binary: np.ndarray) -> tuple[np.ndarray, int]:
     """The ink without a form's printed box lines: rows mostly covered by long horizontal runs, then vertical runs
     spanning from the top line to the bottom one. Strokes crossing a removed line are bridged back. Returns the
@@ -173,6 +184,7 @@ def _remove_form_lines(binary: np.ndarray) -> tuple[np.ndarray, int]:
         (start, stop)
         for start, stop in _clusters(coverage >= 0.5 * text_width)
         if _is_thin_ridge(coverage, start, stop, text_height)
+        and _spans_the_line(horizontal[start:stop].any(axis=0), text_width, text_height)
     ]
     if not rows:
         return binary, 0
@@ -301,8 +313,14 @@ def _merge_stacked(pieces: list[_Piece]) -> list[_Piece]:
     return pieces
 
 
-WIDTH_WEIGHT = 1.5
+WIDTH_WEIGHT = 3.0
 """How much a character's width straying from the typical width costs, against cutting through one stroke."""
+
+MISSING_COST = 3.0
+"""What one character fewer than expected costs: a cut dearer than this is not made just to reach the count."""
+
+READER_WEIGHT = 0.5
+"""How much a part's unlikeness to any character (minus the log of the reader's top probability) costs."""
 
 HEIGHT_WEIGHT = 3.0
 """How much a part much lower than a character (a bar or stroke end cut off its character) costs."""
@@ -311,7 +329,7 @@ HEIGHT_WEIGHT = 3.0
 def _width_cost(widths: np.ndarray, char_width: float) -> np.ndarray:
     """Cost of pieces this wide: zero at the typical width, less for narrow ones (1, I, J are) than wide ones."""
     log_ratio = np.log(np.maximum(widths, 1) / char_width)
-    return WIDTH_WEIGHT * np.where(log_ratio < 0, 0.4, 1.0) * log_ratio**2
+    return WIDTH_WEIGHT * np.where(log_ratio < 0, 0.2, 1.0) * log_ratio**2
 
 
 def _column_runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -326,9 +344,13 @@ def _column_runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _stroke_width(masks: list[np.ndarray]) -> float:
-    """Typical pen width: the median length of vertical ink runs (most cross a stroke)."""
-    lengths = np.concatenate([_column_runs(mask)[1] for mask in masks])
-    return max(float(np.median(lengths)), 1.0) if len(lengths) else 1.0
+    """Typical pen width: the median length of vertical or of horizontal ink runs, whichever is shorter (most runs
+    cross a stroke; along upright or flat strokes they run long)."""
+    vertical = np.concatenate([_column_runs(mask)[1] for mask in masks])
+    horizontal = np.concatenate([_column_runs(mask.T)[1] for mask in masks])
+    if not len(vertical):
+        return 1.0
+    return max(min(float(np.median(vertical)), float(np.median(horizontal))), 1.0)
 
 
 def _crossings(mask: np.ndarray, stroke: float) -> np.ndarray:
@@ -377,10 +399,12 @@ def _part_costs(mask: np.ndarray, steps: np.ndarray, char_width: float, char_hei
     return np.where(ends >= steps[None, :], cost, np.inf)
 
 
-def _best_cuts(mask: np.ndarray, crossings: np.ndarray, char_width: float, char_height: float, max_parts: int) -> _Cuts:
+def _best_cuts(
+    mask: np.ndarray, crossings: np.ndarray, char_width: float, char_height: float, max_parts: int, stroke: float
+) -> _Cuts:
     """For each number of parts up to max_parts, the cuts minimising the strokes cut through plus how unlike a
     character each part is: a shortest path over columns (dynamic programming), each part between a fifth and
-    thrice the typical width."""
+    thrice the typical width, and no narrower than a pen stroke."""
     width = mask.shape[1]
     rows = np.flatnonzero(mask.any(axis=1))
     whole_height = float(rows[-1] - rows[0] + 1) if len(rows) else 0.0
@@ -389,7 +413,7 @@ def _best_cuts(mask: np.ndarray, crossings: np.ndarray, char_width: float, char_
     columns: list[list[int]] = [[]]
     if max_parts < 2:
         return _Cuts(cost, columns)
-    min_w = max(2, round(0.2 * char_width))
+    min_w = max(2, round(0.2 * char_width), round(stroke))
     steps = np.arange(min_w, max(min_w, min(round(3 * char_width), width)) + 1)
     part_cost = _part_costs(mask, steps, char_width, char_height)
     positions = np.arange(width + 1)
@@ -458,7 +482,8 @@ def _allocate(options: list[_Cuts], total: int) -> list[int]:
         best = candidates[np.arange(total + 1), choice]
         choices.append(choice + 1)
     reachable = np.flatnonzero(np.isfinite(best))
-    left = int(reachable.max()) if len(reachable) else len(options)
+    shortfall = MISSING_COST * (total - np.arange(total + 1))
+    left = int(np.argmin(best + shortfall)) if len(reachable) else len(options)
     parts = []
     for choice in reversed(choices):
         parts.append(int(choice[left]) if len(reachable) else 1)
@@ -467,15 +492,26 @@ def _allocate(options: list[_Cuts], total: int) -> list[int]:
 
 
 def _fit_count(
-    labels: np.ndarray, pieces: list[_Piece], expected: int | None, char_height: float
+    labels: np.ndarray,
+    pieces: list[_Piece],
+    expected: int | None,
+    char_height: float,
+    unlikeness: Callable[[list[_Piece]], np.ndarray] | None = None,
 ) -> tuple[list[_Piece], str]:
     """Split blobs of touching characters where cutting is cheaper than their odd width, or, given the expected
     count, choose the cuts (and joins of the closest fragments) that reach it at the least cost, while plausible.
-    Returns the pieces and a note when the count could not be met."""
+    With `unlikeness` (how little each piece looks like a character to a reader), the numbers of parts next to the
+    best guess are weighed by it too. Returns the pieces and a note when the count could not be met."""
     widths = np.array([p.width for p in pieces], dtype=np.float64)
     extent = max(p.right for p in pieces) - min(p.left for p in pieces)
-    char_width = min(float(np.median(widths)), extent / expected if expected else 0.9 * char_height)
-    char_width = max(char_width, 2.0)
+    free_width = max(min(float(np.median(widths)), 0.7 * char_height), 2.0)
+    looks_like = int(np.maximum(np.round(widths / free_width), 1).sum())
+    note = ""
+    if expected and not (len(pieces) / 2 <= expected <= 1.5 * looks_like + 1):
+        note = f"expected {expected} characters, the line looks like {looks_like}"
+        expected = None
+    char_width = min(float(np.median(widths)), extent / expected) if expected else free_width
+    char_width = max(char_width, 0.45 * char_height, 2.0)
     while expected and len(pieces) > expected:
         costs = []
         for i in range(len(pieces) - 1):
@@ -498,18 +534,47 @@ def _fit_count(
         most = max(1, min(piece.width // max(2, round(0.2 * char_width)), 1 + (spare if expected else 8)))
         if not expected and piece.width < 1.4 * char_width:
             most = 1
-        options.append(_best_cuts(mask, profile, char_width, char_height, most))
+        options.append(_best_cuts(mask, profile, char_width, char_height, most, stroke))
     parts = _allocate(options, expected) if expected else [int(np.argmin(o.cost)) + 1 for o in options]
+    if unlikeness is not None and (any(k > 1 for k in parts) or (expected and len(pieces) != expected)):
+        options = _reweigh(labels, pieces, options, parts, unlikeness)
+        parts = _allocate(options, expected) if expected else [int(np.argmin(o.cost)) + 1 for o in options]
     result = []
     for piece, option, k in zip(pieces, options, parts, strict=True):
         result += _split(labels, piece, option.columns[k - 1]) if k > 1 else [piece]
-    note = "" if not expected or len(result) == expected else f"found {len(result)} characters, expected {expected}"
+    if expected and len(result) != expected:
+        note = f"found {len(result)} characters, expected {expected}"
     return result, note
 
 
+def _reweigh(
+    labels: np.ndarray,
+    pieces: list[_Piece],
+    options: list[_Cuts],
+    parts: list[int],
+    unlikeness: Callable[[list[_Piece]], np.ndarray],
+) -> list[_Cuts]:
+    """The options narrowed to one part fewer or more than the first guess for each blob, each cost raised by how
+    unlike characters its parts look to the reader (read in one batch)."""
+    candidates = []
+    for piece, option, k in zip(pieces, options, parts, strict=True):
+        for count in (k - 1, k, k + 1):
+            if 1 <= count <= len(option.cost) and np.isfinite(option.cost[count - 1]):
+                split = _split(labels, piece, option.columns[count - 1]) if count > 1 else [piece]
+                candidates.append((piece, count, split))
+    flat = [part for _, _, split in candidates for part in split]
+    scores = iter(unlikeness(flat).tolist()) if flat else iter(())
+    reweighed = {id(piece): [np.inf] * len(option.cost) for piece, option in zip(pieces, options, strict=True)}
+    for piece, count, split in candidates:
+        option = options[pieces.index(piece)]
+        reweighed[id(piece)][count - 1] = option.cost[count - 1] + READER_WEIGHT * sum(next(scores) for _ in split)
+    return [_Cuts(reweighed[id(piece)], option.columns) for piece, option in zip(pieces, options, strict=True)]
+
+
 def _crop(ink: np.ndarray, labels: np.ndarray, piece: _Piece) -> np.ndarray:
-    """The piece's own ink (neighbours' ink and box lines masked out, its faint edge kept), strokes at full
-    strength as in EMNIST, with a dark margin."""
+    """The piece's own ink (neighbours' ink and box lines masked out, its faint edge kept), scaled so that half
+    of its ink saturates: EMNIST strokes are bright through their width, and a reader trained on them reads bold
+    strokes better than faint ones. With a dark margin."""
     top, bottom = max(piece.top - 1, 0), min(piece.bottom + 1, ink.shape[0])
     left, right = max(piece.left - 1, 0), min(piece.right + 1, ink.shape[1])
     mask = _owned(labels[top:bottom, left:right], piece.labels)
@@ -518,7 +583,7 @@ def _crop(ink: np.ndarray, labels: np.ndarray, piece: _Piece) -> np.ndarray:
         mask &= (columns >= piece.columns[0]) & (columns < piece.columns[1])
     window = ink[top:bottom, left:right]
     core = window[mask]
-    strength = float(np.partition(core, int(0.9 * (core.size - 1)))[int(0.9 * (core.size - 1))]) if core.size else 1.0
+    strength = float(np.partition(core, core.size // 2)[core.size // 2]) if core.size else 1.0
     mask = ndimage.maximum_filter(mask.view(np.uint8), size=3).astype(bool)
     crop = np.where(mask, window, 0.0) / max(strength, 1e-3)
     return np.pad(np.clip(crop, 0.0, 1.0), 2)
@@ -529,17 +594,24 @@ def _owned(labels: np.ndarray, owners: list[int]) -> np.ndarray:
     return labels == owners[0] if len(owners) == 1 else np.isin(labels, owners)
 
 
-def segment_line(image: Image.Image, expected_count: int | None = None, max_side: int = 2048) -> Segmentation:
+Reader = Callable[[torch.Tensor], torch.Tensor]
+"""A character reader's confidence: (N, 1, 28, 28) EMNIST-like images -> (N,) top class probability in (0, 1]."""
+
+
+def segment_line(
+    image: Image.Image, expected_count: int | None = None, max_side: int = 2048, reader: Reader | None = None
+) -> Segmentation:
     """Find the characters of one handwritten line, left to right. Never raises on odd input (blank, one character,
     several lines, a page, light ink on dark): the result is a best effort and `note` says what looked wrong.
-    `expected_count` (17 for a VIN) decides how many touching characters to split or fragments to join."""
+    `expected_count` (17 for a VIN) decides how many touching characters to split or fragments to join; a
+    `reader` (e.g. `lambda x: model(x).softmax(1).amax(1)`) helps decide where touching characters part."""
     try:
-        return _segment(image, expected_count, max_side)
+        return _segment(image, expected_count, max_side, reader)
     except Exception as err:  # the caller marks the reading unverified; one odd photo must not stop a batch
         return Segmentation(note=f"failed: {type(err).__name__}: {err}")
 
 
-def _segment(image: Image.Image, expected_count: int | None, max_side: int) -> Segmentation:
+def _segment(image: Image.Image, expected_count: int | None, max_side: int, reader: Reader | None) -> Segmentation:
     gray, scale = _working_gray(image, max_side)
     if gray.size == 0 or min(gray.shape) < 3:
         return Segmentation(note="blank: image too small")
@@ -562,17 +634,35 @@ def _segment(image: Image.Image, expected_count: int | None, max_side: int) -> S
     notes = ["more ink blobs than a line holds"] if len(pieces) == MAX_COMPONENTS else []
     pieces, char_height = _drop_specks(pieces)
     pieces = _merge_stacked(_attach_small(pieces, char_height))
-    pieces, note = _fit_count(labels, pieces, expected_count, char_height)
+    prepared: dict[tuple, torch.Tensor | None] = {}
+
+    def prepare(piece: _Piece) -> torch.Tensor | None:
+        key = (tuple(piece.labels), piece.left, piece.right, piece.columns)
+        if key not in prepared:
+            try:
+                prepared[key] = prepare_image(torch.from_numpy(_crop(ink, labels, piece)))
+            except ValueError:
+                prepared[key] = None
+        return prepared[key]
+
+    def unlikeness(candidates: list[_Piece]) -> np.ndarray:
+        images = [prepare(piece) for piece in candidates]
+        readable = [image for image in images if image is not None]
+        with torch.inference_mode():
+            confidence = iter(reader(torch.stack(readable)).float().clamp(1e-6, 1).tolist() if readable else [])
+        return np.array([-math.log(next(confidence)) if image is not None else 10.0 for image in images])
+
+    pieces, note = _fit_count(labels, pieces, expected_count, char_height, unlikeness if reader else None)
     notes += [note] if note else []
     pieces.sort(key=lambda p: p.centre_x)
 
     backward = np.linalg.inv(np.vstack([forward, [0.0, 0.0, 1.0]]))[:2]
     characters, boxes = [], []
     for piece in pieces:
-        try:
-            characters.append(prepare_image(torch.from_numpy(_crop(ink, labels, piece))))
-        except ValueError:
+        character = prepare(piece)
+        if character is None:
             continue
+        characters.append(character)
         corners = np.array(
             [
                 [piece.left, piece.top, 1],

@@ -57,6 +57,7 @@ def main() -> None:
     parser.add_argument("--photos", type=Path, help="measure the photos listed in this folder's labels.csv instead")
     parser.add_argument("--checkpoint", type=Path, help="an EMNISTClassifier checkpoint to read the segments with")
     parser.add_argument("--no-count", action="store_true", help="do not tell the segmenter how many to expect")
+    parser.add_argument("--reader", action="store_true", help="let the checkpoint's model help place the cuts")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
@@ -68,11 +69,12 @@ def main() -> None:
         from emnist_lit.module import EMNISTClassifier
 
         model = EMNISTClassifier.load_from_checkpoint(args.checkpoint, map_location="cpu", weights_only=True).eval()
+    reader = (lambda x: model(x).softmax(1).amax(1)) if args.reader and model is not None else None
     stats: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     for image, text, style, boxes, sources in cases:
         image.load()
         started = time.process_time()
-        result = segment_line(image, None if args.no_count else len(text))
+        result = segment_line(image, None if args.no_count else len(text), reader=reader)
         elapsed = time.process_time() - started
         row = stats[style]
         row["photos"] += 1
