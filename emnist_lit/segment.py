@@ -318,6 +318,9 @@ def _merge_stacked(pieces: list[_Piece]) -> list[_Piece]:
 WIDTH_WEIGHT = 3.0
 """How much a character's width straying from the typical width costs, against cutting through one stroke."""
 
+NARROW_DISCOUNT = 0.2
+"""Narrow characters (1, I, J, L) are common, so narrowness costs this fraction of the same excess width."""
+
 MISSING_COST = 3.0
 """What one character fewer than expected costs: a cut dearer than this is not made just to reach the count."""
 
@@ -331,7 +334,7 @@ HEIGHT_WEIGHT = 3.0
 def _width_cost(widths: np.ndarray, char_width: float) -> np.ndarray:
     """Cost of pieces this wide: zero at the typical width, less for narrow ones (1, I, J are) than wide ones."""
     log_ratio = np.log(np.maximum(widths, 1) / char_width)
-    return WIDTH_WEIGHT * np.where(log_ratio < 0, 0.2, 1.0) * log_ratio**2
+    return WIDTH_WEIGHT * np.where(log_ratio < 0, NARROW_DISCOUNT, 1.0) * log_ratio**2
 
 
 def _column_runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
