@@ -170,17 +170,18 @@ def _spans_the_line(columns: np.ndarray, text_width: float, text_height: float) 
     return span >= max(0.8 * text_width, 2 * text_height) and max(gaps, default=0) <= 0.5 * text_height
 
 
-def _remove_form_lines(binary: np.ndarray) -> tuple[np.ndarray, int]:
+def _remove_form_lines(binary: np.ndarray, faint: np.ndarray) -> tuple[np.ndarray, int]:
     """The ink without a form's printed box lines: rows mostly covered by long horizontal runs, then vertical runs
-    spanning from the top line to the bottom one. Strokes crossing a removed line are bridged back. Returns the
-    cleaned ink and how many lines went."""
+    spanning from the top line to the bottom one, both looked for in `faint` (ink at a lower threshold: printed
+    lines are often paler than the pen, and stay long and straight where noise does not). Strokes crossing a
+    removed line are bridged back. Returns the cleaned ink and how many lines went."""
     ys, xs = np.nonzero(binary)
     text_height = max(8.0, float(np.percentile(ys, 97) - np.percentile(ys, 3)))
     text_width = max(8.0, float(np.percentile(xs, 99) - np.percentile(xs, 1)))
-    if binary.sum(axis=1).max() < 0.5 * text_width:
+    if faint.sum(axis=1).max() < 0.5 * text_width:
         return binary, 0
-    tolerant = ndimage.maximum_filter1d(binary.view(np.uint8), 3, axis=0).astype(bool)
-    horizontal = _runs(tolerant, round(0.6 * text_height), axis=1) & binary
+    tolerant = ndimage.maximum_filter1d(faint.view(np.uint8), 3, axis=0).astype(bool)
+    horizontal = _runs(tolerant, round(0.6 * text_height), axis=1) & faint
     coverage = horizontal.sum(axis=1)
     rows = [
         (start, stop)
@@ -194,12 +195,12 @@ def _remove_form_lines(binary: np.ndarray) -> tuple[np.ndarray, int]:
     for start, stop in rows:
         line_rows[max(start - 1, 0) : stop + 1] = True
     h_lines = horizontal & line_rows[:, None]
-    v_lines = np.zeros_like(binary)
+    v_lines = np.zeros_like(faint)
     if len(rows) >= 2:
         (top_start, top_stop), (bottom_start, bottom_stop) = rows[0], rows[-1]
         band = bottom_start - top_stop
-        tolerant = ndimage.maximum_filter1d(binary.view(np.uint8), 3, axis=1).astype(bool)
-        vertical = _runs(tolerant, round(0.8 * band), axis=0) & binary
+        tolerant = ndimage.maximum_filter1d(faint.view(np.uint8), 3, axis=1).astype(bool)
+        vertical = _runs(tolerant, round(0.8 * band), axis=0) & faint
         vertical[: max(top_start - 2, 0)] = False
         vertical[bottom_stop + 2 :] = False
         labels, _ = ndimage.label(vertical)
@@ -320,6 +321,9 @@ WIDTH_WEIGHT = 3.0
 
 NARROW_DISCOUNT = 0.2
 """Narrow characters (1, I, J, L) are common, so narrowness costs this fraction of the same excess width."""
+
+EXTRA_COST = 1.0
+"""With no count given, what one more character than the blobs show must save in cost to be cut out."""
 
 MISSING_COST = 3.0
 """What one character fewer than expected costs: a cut dearer than this is not made just to reach the count."""
@@ -476,6 +480,12 @@ def _split(labels: np.ndarray, piece: _Piece, cuts: list[int]) -> list[_Piece]:
     return result
 
 
+def _cheapest(option: _Cuts) -> int:
+    """With no count to reach, how many parts a blob holds: each character beyond the first must pay for itself
+    (a wide M or W is not two characters)."""
+    return int(np.argmin(np.array(option.cost) + EXTRA_COST * np.arange(len(option.cost)))) + 1
+
+
 def _allocate(options: list[_Cuts], total: int) -> list[int]:
     """How many parts to cut each blob into so that they add up to `total` (or as near below as possible) at the
     least summed cost: a small knapsack over blobs."""
@@ -545,10 +555,10 @@ def _fit_count(
         stroke = stroke or _stroke_width([labels > 0])
         mask = _owned(labels[piece.top : piece.bottom, piece.left : piece.right], piece.labels)
         options.append(_best_cuts(mask, _crossings(mask, stroke), char_width, char_height, most, stroke))
-    parts = _allocate(options, expected) if expected else [int(np.argmin(o.cost)) + 1 for o in options]
+    parts = _allocate(options, expected) if expected else [_cheapest(o) for o in options]
     if unlikeness is not None and (any(k > 1 for k in parts) or (expected and len(pieces) != expected)):
         options = _reweigh(labels, pieces, options, parts, unlikeness)
-        parts = _allocate(options, expected) if expected else [int(np.argmin(o.cost)) + 1 for o in options]
+        parts = _allocate(options, expected) if expected else [_cheapest(o) for o in options]
     result = []
     for piece, option, k in zip(pieces, options, parts, strict=True):
         result += _split(labels, piece, option.columns[k - 1]) if k > 1 else [piece]
@@ -659,7 +669,7 @@ def _segment(image: Image.Image, expected_count: int | None, max_side: int, read
     binary = _binarise(ink, threshold)
     if binary.sum() < 10:
         return Segmentation(note="blank: no ink found")
-    binary, _ = _remove_form_lines(binary)
+    binary, _ = _remove_form_lines(binary, ink > 0.3 * threshold)
     labels, pieces = _components(binary)
     if not pieces:
         return Segmentation(note="blank: nothing but box lines")

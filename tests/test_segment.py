@@ -123,11 +123,21 @@ def test_touching_neighbours_are_split() -> None:
     assert identities(result) == kinds
 
 
-def test_without_count_a_wide_blob_is_split() -> None:
-    kinds = [4, 4, 1, 4, 4, 1, 0]
-    image, truth = line(kinds, gaps=[-2, 18, 18, 18, -2, 18])
-    result = segment_line(image)
-    assert_on_truth(result, truth)
+def test_without_count_a_wide_character_stays_whole() -> None:
+    image, truth = line(KINDS)
+    pixels = np.asarray(image).copy()
+    left, top, right, _ = truth[1]
+    w_glyph = Image.new("L", (GLYPH_W * 19 // 10, GLYPH_H), 0)
+    w, h = w_glyph.width - 1, GLYPH_H - 1
+    ImageDraw.Draw(w_glyph).line([(0, 0), (w // 4, h), (w // 2, h // 3), (3 * w // 4, h), (w, 0)], fill=190, width=6)
+    canvas = Image.new("L", (image.width + w_glyph.width, image.height), int(np.median(pixels)))
+    canvas.paste(image.crop((0, 0, left, image.height)), (0, 0))
+    canvas.paste(ImageOps.invert(w_glyph), (left, top))
+    canvas.paste(image.crop((right, 0, image.width, image.height)), (left + w_glyph.width, 0))
+    result = segment_line(canvas)
+    assert len(result) == 8, "a W is wider than its neighbours, not two characters"
+    wide_left, _, wide_right, _ = result.boxes[1]
+    assert abs(wide_left - left) <= 4 and abs(wide_right - (left + w_glyph.width)) <= 4
 
 
 def test_broken_character_is_joined() -> None:
