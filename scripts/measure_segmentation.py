@@ -82,6 +82,7 @@ def main() -> None:
         row["max_seconds"] = max(row["max_seconds"], elapsed)
         exact = len(result) == len(text)
         row["exact_count"] += exact
+        row["with_truth_boxes"] += boxes is not None
         if exact and boxes is not None:
             centres = [((b[0] + b[2]) / 2, (b[1] + b[3]) / 2) for b in result.boxes]
             row["aligned"] += all(
@@ -115,7 +116,8 @@ def main() -> None:
 
 def _print_row(name: str, row: dict[str, float], with_model: bool) -> None:
     n = row["photos"]
-    line = f"{name:6} {int(n):6d} {row['exact_count'] / n:8.3f} {row['aligned'] / n:8.3f}"
+    aligned = f"{row['aligned'] / n:8.3f}" if row["with_truth_boxes"] else f"{'-':>8}"
+    line = f"{name:6} {int(n):6d} {row['exact_count'] / n:8.3f} {aligned}"
     line += f" {1000 * row['seconds'] / n:8.1f} {1000 * row['max_seconds']:7.1f}"
     if with_model:
         glyph_acc = row["glyphs_right"] / row["glyphs"] if row["glyphs"] else float("nan")
