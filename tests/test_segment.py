@@ -251,3 +251,17 @@ def test_real_handwriting_lines(style: str) -> None:
         result = segment_line(photo.image, expected_count=17)
         right += len(result) == 17
     assert right >= 7
+
+
+def test_crops_are_prepared_exactly_as_prepare_image_does() -> None:
+    from emnist_lit.segment import _to_emnist
+
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        height, width = rng.integers(3, 90, 2)
+        crop = np.zeros((height + 4, width + 4), np.float32)
+        crop[2:-2, 2:-2] = np.clip(rng.random((height, width)) * 1.5 - 0.3, 0, 1) * (rng.random((height, width)) < 0.5)
+        if crop.max() <= 0.05:
+            continue
+        assert torch.allclose(_to_emnist(crop), prepare_image(torch.from_numpy(crop)), atol=1e-4)
+    assert _to_emnist(np.zeros((10, 10), np.float32)) is None
