@@ -64,13 +64,14 @@ def random_text(rng: np.random.Generator, charset: str, min_length: int = 3, max
 @dataclass
 class LinePhoto:
     """A rendered line and its truth: the text and, per character, the box its ink was drawn into and the index of
-    the EMNIST image drawn."""
+    the EMNIST image drawn; for the boxed style, the printed boxes (axis-aligned around them when tilted)."""
 
     image: Image.Image
     text: str
     style: LineStyle
     boxes: list[Box]
     sources: list[int]
+    frames: list[Box]
 
 
 class GlyphBank:
@@ -178,9 +179,11 @@ def render_line(
     classes: str,
     style: LineStyle,
     rng: np.random.Generator,
+    max_tilt: float = 4.0,
 ) -> LinePhoto:
     """Compose a photo of `text` handwritten in one line: each character a random EMNIST image of its class, laid
-    out in `style`, the whole tilted a few degrees, dark ink on uneven light paper, blurred and noisy, RGB or grey.
+    out in `style`, the whole tilted up to `max_tilt` degrees, dark ink on uneven light paper, blurred and noisy,
+    RGB or grey.
     `images` (upright uint8 (N, 28, 28), light ink on dark) and `labels` (indices into `classes`) may be given once
     as a GlyphBank when many lines are drawn from them."""
     if style not in LINE_STYLES:
@@ -215,10 +218,11 @@ def render_line(
         lines[top : bottom + thickness, left : left + thickness] = 1
         lines[top : bottom + thickness, right : right + thickness] = 1
 
-    angle = rng.uniform(-4, 4)
+    angle = rng.uniform(-max_tilt, max_tilt)
     ink, forward = rotate_about_centre(ink, angle)
     lines, _ = rotate_about_centre(lines, angle)
     boxes = [_rotated_box(box, forward, ink.shape) for box in boxes]
+    frames = [_rotated_box((x0, y0, x1 + thickness, y1 + thickness), forward, ink.shape) for x0, y0, x1, y1 in frames]
 
     out_h, out_w = ink.shape
     paper_tone = rng.uniform(0.72, 0.97)
@@ -237,7 +241,7 @@ def render_line(
     image = Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8), mode="RGB")
     if rng.random() < 0.35:
         image = image.convert("L")
-    return LinePhoto(image=image, text=text, style=style, boxes=boxes, sources=sources)
+    return LinePhoto(image=image, text=text, style=style, boxes=boxes, sources=sources, frames=frames)
 
 
 def _rotated_box(box: Box, forward: np.ndarray, shape: tuple[int, int]) -> Box:

@@ -57,6 +57,7 @@ def main() -> None:
     parser.add_argument("--photos", type=Path, help="measure the photos listed in this folder's labels.csv instead")
     parser.add_argument("--checkpoint", type=Path, help="an EMNISTClassifier checkpoint to read the segments with")
     parser.add_argument("--no-count", action="store_true", help="do not tell the segmenter how many to expect")
+    parser.add_argument("--reader", action="store_true", help="let the checkpoint's model help place the cuts")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
@@ -68,11 +69,12 @@ def main() -> None:
         from emnist_lit.module import EMNISTClassifier
 
         model = EMNISTClassifier.load_from_checkpoint(args.checkpoint, map_location="cpu", weights_only=True).eval()
+    reader = (lambda x: model(x).softmax(1).amax(1)) if args.reader and model is not None else None
     stats: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     for image, text, style, boxes, sources in cases:
         image.load()
         started = time.process_time()
-        result = segment_line(image, None if args.no_count else len(text))
+        result = segment_line(image, None if args.no_count else len(text), reader=reader)
         elapsed = time.process_time() - started
         row = stats[style]
         row["photos"] += 1
@@ -80,6 +82,7 @@ def main() -> None:
         row["max_seconds"] = max(row["max_seconds"], elapsed)
         exact = len(result) == len(text)
         row["exact_count"] += exact
+        row["with_truth_boxes"] += boxes is not None
         if exact and boxes is not None:
             centres = [((b[0] + b[2]) / 2, (b[1] + b[3]) / 2) for b in result.boxes]
             row["aligned"] += all(
@@ -113,7 +116,8 @@ def main() -> None:
 
 def _print_row(name: str, row: dict[str, float], with_model: bool) -> None:
     n = row["photos"]
-    line = f"{name:6} {int(n):6d} {row['exact_count'] / n:8.3f} {row['aligned'] / n:8.3f}"
+    aligned = f"{row['aligned'] / n:8.3f}" if row["with_truth_boxes"] else f"{'-':>8}"
+    line = f"{name:6} {int(n):6d} {row['exact_count'] / n:8.3f} {aligned}"
     line += f" {1000 * row['seconds'] / n:8.1f} {1000 * row['max_seconds']:7.1f}"
     if with_model:
         glyph_acc = row["glyphs_right"] / row["glyphs"] if row["glyphs"] else float("nan")
