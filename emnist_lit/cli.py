@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 from lightning.pytorch import Trainer
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -21,6 +21,9 @@ from emnist_lit.export import load_bundle_weights, read_bundle
 from emnist_lit.module import EMNISTClassifier
 from emnist_lit.prediction import CharacterWriter
 from emnist_lit.trainer import EMNISTTrainer
+
+PROGRESS_REFRESH_STEPS = 20
+"""How often the default progress bar redraws: each redraw reads the loss back from the GPU, a stall per step."""
 
 
 class EMNISTCLI(LightningCLI):
@@ -97,6 +100,10 @@ class EMNISTCLI(LightningCLI):
         trainer = super().instantiate_trainer(**kwargs)
         if not trainer.loggers:  # LearningRateMonitor refuses to start without a logger and has nowhere to write
             trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, LearningRateMonitor)]
+        configured = self._get(self.config_init, "trainer", default={}).get("callbacks") or []
+        bar = trainer.progress_bar_callback
+        if type(bar) is TQDMProgressBar and not any(c is bar for c in configured):  # Lightning's default bar
+            trainer.callbacks = [TQDMProgressBar(PROGRESS_REFRESH_STEPS) if c is bar else c for c in trainer.callbacks]
         return trainer
 
     def after_instantiate_classes(self) -> None:

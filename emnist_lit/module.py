@@ -15,25 +15,63 @@ from emnist_lit.charsets import BALANCED47_CHARSET
 from emnist_lit.models import BackboneName, StemName, build_backbone
 
 
+class _CountsWithoutSync:
+    """Counts per-class true/false positives/negatives by comparing the predictions and labels with every class.
+    torchmetrics' own update counts them with `bincount`, whose output size is read back to the host on CUDA: a
+    stall every step. The inputs are ours (logits and labels in range), so they are not validated either."""
+
+    num_classes: int
+    average: str
+
+    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
+        classes = torch.arange(self.num_classes, device=target.device)
+        predicted = preds.argmax(dim=1).unsqueeze(1) == classes
+        actual = target.unsqueeze(1) == classes
+        tp = (predicted & actual).sum(0)
+        fp = (predicted & ~actual).sum(0)
+        fn = (~predicted & actual).sum(0)
+        tn = len(target) - tp - fp - fn
+        if self.average == "micro":
+            tp, fp, tn, fn = tp.sum(), fp.sum(), tn.sum(), fn.sum()
+        self._update_state(tp, fp, tn, fn)
+
+
+class Accuracy(_CountsWithoutSync, MulticlassAccuracy):
+    """MulticlassAccuracy, updated without a host sync."""
+
+
+class Precision(_CountsWithoutSync, MulticlassPrecision):
+    """MulticlassPrecision, updated without a host sync."""
+
+
+class Recall(_CountsWithoutSync, MulticlassRecall):
+    """MulticlassRecall, updated without a host sync."""
+
+
+class F1Score(_CountsWithoutSync, MulticlassF1Score):
+    """MulticlassF1Score, updated without a host sync."""
+
+
 def metric_suite(num_classes: int, per_class: bool = False) -> MetricCollection:
-    """Accuracy and macro precision, recall and F1 (one number each), or all four per class."""
+    """Accuracy and macro precision, recall and F1 (one number each), or all four per class. The compute groups
+    (metrics sharing one set of counts) are given, so torchmetrics does not compare states to find them, which
+    reads back to the host."""
+    kwargs = {"validate_args": False}
     if per_class:
-        return MetricCollection(
-            {
-                "acc": MulticlassAccuracy(num_classes, average="none"),
-                "precision": MulticlassPrecision(num_classes, average="none"),
-                "recall": MulticlassRecall(num_classes, average="none"),
-                "f1": MulticlassF1Score(num_classes, average="none"),
-            }
-        )
-    return MetricCollection(
-        {
-            "acc": MulticlassAccuracy(num_classes, average="micro"),
-            "f1_macro": MulticlassF1Score(num_classes, average="macro"),
-            "precision_macro": MulticlassPrecision(num_classes, average="macro"),
-            "recall_macro": MulticlassRecall(num_classes, average="macro"),
+        metrics = {
+            "acc": Accuracy(num_classes, average="none", **kwargs),
+            "precision": Precision(num_classes, average="none", **kwargs),
+            "recall": Recall(num_classes, average="none", **kwargs),
+            "f1": F1Score(num_classes, average="none", **kwargs),
         }
-    )
+        return MetricCollection(metrics, compute_groups=[list(metrics)])
+    metrics = {
+        "acc": Accuracy(num_classes, average="micro", **kwargs),
+        "f1_macro": F1Score(num_classes, average="macro", **kwargs),
+        "precision_macro": Precision(num_classes, average="macro", **kwargs),
+        "recall_macro": Recall(num_classes, average="macro", **kwargs),
+    }
+    return MetricCollection(metrics, compute_groups=[["acc"], ["f1_macro", "precision_macro", "recall_macro"]])
 
 
 class EMNISTClassifier(L.LightningModule):
