@@ -9,16 +9,32 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
-from conftest import smoke_args
+from conftest import smoke_args, upright_samples, write_idx_gz
 from lightning.pytorch.callbacks import Callback
 
+from emnist_lit.charsets import BALANCED47_CHARSET
 from emnist_lit.cli import main
-from emnist_lit.data import EMNISTDataModule, IndexedImages
+from emnist_lit.data import MAPPING_FILE, SPLIT_FILES, EMNISTDataModule, IndexedImages
 from emnist_lit.data.datamodule import DeviceBatches
 
 TESTS = Path(__file__).resolve().parent
+
+
+def write_one_glyph_emnist(root: Path, train_per_class: int, test_per_class: int = 2) -> Path:
+    """EMNIST files in NIST's format whose training images are all one and the same glyph (labels still cover every
+    class): two augmented batches then differ only by the affines drawn for them, whatever images were sampled."""
+    root.mkdir(parents=True, exist_ok=True)
+    glyph = upright_samples(1, seed=3)[0][0]
+    for split, per_class in (("train", train_per_class), ("test", test_per_class)):
+        labels = np.tile(np.arange(len(BALANCED47_CHARSET), dtype=np.uint8), per_class)
+        images = np.repeat(glyph[None], len(labels), axis=0)
+        write_idx_gz(root / f"{SPLIT_FILES[f'{split}_images']}.gz", images.transpose(0, 2, 1))
+        write_idx_gz(root / f"{SPLIT_FILES[f'{split}_labels']}.gz", labels)
+    (root / MAPPING_FILE).write_text("".join(f"{i} {ord(c)}\n" for i, c in enumerate(BALANCED47_CHARSET)))
+    return root
 
 
 def indexed(n: int, device: str = "cpu") -> IndexedImages:
@@ -87,6 +103,40 @@ def test_device_batches_drive_a_real_fit(emnist_root: Path, tmp_path: Path, monk
     assert record.batches == [8, 8, 8] and cli.trainer.global_step == 24
     assert not torch.equal(record.first_labels[0], record.first_labels[1])
     assert not torch.equal(record.first_labels[1], record.first_labels[2])
+
+
+class RecordAugmented(Callback):
+    """Keeps the first images of every augmented training batch, by global step."""
+
+    def __init__(self) -> None:
+        self.by_step: dict[int, torch.Tensor] = {}
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: tuple, idx: int) -> None:
+        self.by_step[trainer.global_step] = batch[0][:8].clone()
+
+
+def augmented_by_step(args: list[str]) -> dict[int, torch.Tensor]:
+    cli = main([*args, "--trainer.callbacks+=test_ddp_ranks.RecordAugmented"])
+    return next(c for c in cli.trainer.callbacks if isinstance(c, RecordAugmented)).by_step
+
+
+def test_a_resumed_fit_draws_the_affines_of_the_uninterrupted_one(tmp_path: Path) -> None:
+    """Every training image is the same glyph, so an augmented batch shows nothing but the affines drawn for it."""
+    root = write_one_glyph_emnist(tmp_path / "emnist", train_per_class=4)
+    args = ["fit", *smoke_args(root, tmp_path / "a", "--test_after_fit=false"), "--data.batch_size=16"]
+    uninterrupted = augmented_by_step(args)
+    assert sorted(uninterrupted) == list(range(8))
+
+    args = ["fit", *smoke_args(root, tmp_path / "b", "--test_after_fit=false"), "--data.batch_size=16"]
+    args.append("--trainer.logger.init_args.version=run")
+    first = augmented_by_step([*args, "--trainer.max_epochs=1"])
+    checkpoint = tmp_path / "b" / "smoke" / "run" / "checkpoints" / "last.ckpt"
+    assert torch.load(checkpoint, weights_only=True)["EMNISTDataModule"]["augmented_batches"] == 4
+    resumed = augmented_by_step([*args, "--ckpt_path=last"])
+    assert sorted(resumed) == [4, 5, 6, 7]
+    for step, images in {**first, **resumed}.items():
+        torch.testing.assert_close(images, uninterrupted[step], msg=f"step {step} drew other affines")
+    assert not torch.equal(uninterrupted[4], uninterrupted[5])
 
 
 def placed_on(dm: EMNISTDataModule, device: str) -> set[str]:

@@ -197,6 +197,8 @@ class EMNISTDataModule(L.LightningDataModule):
         self.predict_set: ImageFiles | None = None
         self._host_sets: dict[str, IndexedImages] = {}  # kept in host memory, so a later trainer may place them anew
         self._seed: int | None = None
+        self.augmented_batches = 0
+        self._augment_generator: torch.Generator | None = None
 
     @property
     def num_classes(self) -> int:
@@ -336,10 +338,30 @@ class EMNISTDataModule(L.LightningDataModule):
 
     @property
     def seed(self) -> int:
-        """The run's seed (`seed_everything`'s, alike on every rank): it seeds the on-device batch order."""
+        """The run's seed (`seed_everything`'s, alike on every rank) or the one a resumed checkpoint stored: it seeds
+        the on-device batch order and the augmentation."""
         if self._seed is None:
             self._seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
         return self._seed
+
+    def augment_generator(self, device: torch.device) -> torch.Generator:
+        """The generator for the next training batch's affines, seeded from (seed, global rank, batches augmented so
+        far): ranks draw different affines, and a run resumed from a checkpoint (which stores the count) draws what
+        the uninterrupted run drew at the same batch."""
+        rank, _ = self._rank_and_world_size
+        if self._augment_generator is None or self._augment_generator.device != device:
+            self._augment_generator = new_generator(device)
+        self._augment_generator.manual_seed(mix_seed(self.seed, rank, self.augmented_batches))
+        self.augmented_batches += 1
+        return self._augment_generator
+
+    def state_dict(self) -> dict[str, int]:
+        """Lightning stores this in checkpoints: the augmentation stream's seed and position."""
+        return {"seed": self.seed, "augmented_batches": self.augmented_batches}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        self._seed = state_dict.get("seed", self._seed)
+        self.augmented_batches = state_dict.get("augmented_batches", 0)
 
     def on_after_batch_transfer(self, batch: tuple, dataloader_idx: int) -> tuple:
         """Turn uint8 (B, 28, 28) into float (B, 1, 28, 28) in [0, 1] on the batch's device, augmenting the flagged
@@ -351,7 +373,8 @@ class EMNISTDataModule(L.LightningDataModule):
         images = images.unsqueeze(1).float().div_(255)
         if self.trainer is not None and self.trainer.training and self.augments:
             hp = self.hparams
-            augmented = random_affine(images, hp.degrees, hp.translate, hp.shear, tuple(hp.scale))
+            generator = self.augment_generator(images.device)
+            augmented = random_affine(images, hp.degrees, hp.translate, hp.shear, tuple(hp.scale), generator)
             images = torch.where(augment.view(-1, 1, 1, 1), augmented, images)
         return images, labels
 
