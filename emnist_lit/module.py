@@ -143,7 +143,9 @@ class EMNISTClassifier(L.LightningModule):
         loss = F.cross_entropy(logits, labels, label_smoothing=self.hparams.label_smoothing)
         metrics.update(logits, labels)
         stage = metrics.prefix.rstrip("/")
-        self.log(f"{stage}/loss", loss, on_step=stage == "train", on_epoch=True, prog_bar=True)
+        # val/loss is what ReduceLROnPlateau watches: averaged over all ranks, so each takes the same decision
+        training = stage == "train"
+        self.log(f"{stage}/loss", loss, on_step=training, on_epoch=True, prog_bar=True, sync_dist=not training)
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage != "train")
         return logits if stage == "test" else loss
 

@@ -5,6 +5,10 @@ resumed run continues, full training batches, bf16, a datamodule that follows it
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -12,7 +16,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from conftest import smoke_args, upright_samples, write_idx_gz
+from conftest import REPO, smoke_args, upright_samples, write_idx_gz
 from lightning.pytorch.callbacks import Callback
 
 from emnist_lit.charsets import BALANCED47_CHARSET
@@ -35,6 +39,86 @@ def write_one_glyph_emnist(root: Path, train_per_class: int, test_per_class: int
         write_idx_gz(root / f"{SPLIT_FILES[f'{split}_labels']}.gz", labels)
     (root / MAPPING_FILE).write_text("".join(f"{i} {ord(c)}\n" for i, c in enumerate(BALANCED47_CHARSET)))
     return root
+
+
+class RankReport(Callback):
+    """Runs inside each DDP child: gathers from every rank the monitored val/loss after each validation, the LR
+    and a checksum of the weights at each epoch start and at the end, the first augmented training batch and the
+    labels drawn in the first epoch; rank 0 prints them as one JSON line."""
+
+    def __init__(self) -> None:
+        self.report: dict[str, list] = {"val_loss": [], "lr": [], "weights": []}
+        self.first_batch: torch.Tensor | None = None
+        self.labels: list[torch.Tensor] = []
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: tuple, idx: int) -> None:
+        if trainer.current_epoch == 0:
+            self.labels.append(batch[1].clone())
+            if self.first_batch is None:
+                self.first_batch = batch[0].float().clone()
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            loss = trainer.callback_metrics["val/loss"].double()
+            self.report["val_loss"].append(trainer.strategy.all_gather(loss).tolist())
+
+    def _agreement(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        lr = torch.tensor(trainer.optimizers[0].param_groups[0]["lr"], dtype=torch.float64)
+        flat = torch.cat([p.detach().double().flatten() for p in pl_module.parameters()])
+        checksum = torch.stack([flat.sum(), flat.square().sum(), (flat * torch.arange(len(flat))).sum()])
+        self.report["lr"].append(trainer.strategy.all_gather(lr).tolist())
+        self.report["weights"].append(trainer.strategy.all_gather(checksum).tolist())
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._agreement(trainer, pl_module)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._agreement(trainer, pl_module)
+        first = trainer.strategy.all_gather(self.first_batch)
+        labels = trainer.strategy.all_gather(torch.cat(self.labels))
+        self.report["first_batch_equal_across_ranks"] = bool(torch.equal(first[0], first[1]))
+        self.report["labels_equal_across_ranks"] = bool(torch.equal(labels[0], labels[1]))
+        self.report["batches_per_rank"] = len(self.labels)
+        self.report["world_size"] = trainer.world_size
+        if trainer.is_global_zero:
+            print("RANKS " + json.dumps(self.report), flush=True)
+
+
+@pytest.mark.slow
+def test_ddp_ranks_agree_on_plateau_lr_and_weights_and_draw_their_own_augmentation(tmp_path: Path) -> None:
+    """2 gloo processes, ReduceLROnPlateau(patience=0) on val/loss, class-balanced sampling, identical training
+    images. 40 training images a class leave 1,786 for training (893 a rank, 13 full batches of 64)."""
+    root = write_one_glyph_emnist(tmp_path / "emnist", train_per_class=40)
+    plateau = {"class_path": "torch.optim.lr_scheduler.ReduceLROnPlateau", "init_args": {"patience": 0, "factor": 0.5}}
+    args = smoke_args(
+        root,
+        tmp_path / "logs",
+        "--trainer.max_epochs=4",
+        "--trainer.limit_train_batches=null",
+        "--trainer.limit_val_batches=null",
+        "--test_after_fit=false",
+        "--data.batch_size=64",
+        "--data.balance_classes=true",
+        f"--model.scheduler={json.dumps(plateau)}",
+        "--model.scheduler_monitor=val/loss",
+    )
+    ddp = ["--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), str(REPO)])}
+    command = [sys.executable, "-m", "emnist_lit", "fit", *args, *ddp, "--trainer.callbacks+=test_ddp_ranks.RankReport"]
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(next(line for line in result.stdout.splitlines() if line.startswith("RANKS "))[6:])
+
+    assert report["world_size"] == 2
+    assert len(report["val_loss"]) == 4
+    for name in ("val_loss", "lr", "weights"):
+        for per_rank in report[name]:
+            assert per_rank[0] == per_rank[1], f"{name} differs between the ranks: {report[name]}"
+    lrs = [per_rank[0] for per_rank in report["lr"]]
+    assert lrs[-1] < lrs[0], f"no plateau step happened, so the test proves nothing: {lrs}"
+    assert not report["first_batch_equal_across_ranks"], "both ranks drew the same affines"
+    assert not report["labels_equal_across_ranks"], "both ranks trained on the same class-balanced draw"
+    assert report["batches_per_rank"] == 893 // 64, "each rank should take its share of one draw, in full batches"
 
 
 def indexed(n: int, device: str = "cpu") -> IndexedImages:
@@ -137,6 +221,15 @@ def test_a_resumed_fit_draws_the_affines_of_the_uninterrupted_one(tmp_path: Path
     for step, images in {**first, **resumed}.items():
         torch.testing.assert_close(images, uninterrupted[step], msg=f"step {step} drew other affines")
     assert not torch.equal(uninterrupted[4], uninterrupted[5])
+
+
+def test_training_drops_a_last_batch_of_one_image(emnist_root: Path, tmp_path: Path) -> None:
+    """1,081 training images in batches of 120 leave one image over; with the ImageNet stem ResNet18's layer4 is
+    1x1, where BatchNorm cannot train on a single value per channel."""
+    args = smoke_args(emnist_root, tmp_path, "--trainer.limit_train_batches=null", "--trainer.max_epochs=1")
+    cli = main(["fit", *args, "--test_after_fit=false", "--model.backbone=resnet18", "--data.batch_size=120"])
+    assert len(cli.datamodule.train_set) == 1081
+    assert cli.trainer.global_step == 9
 
 
 def placed_on(dm: EMNISTDataModule, device: str) -> set[str]:

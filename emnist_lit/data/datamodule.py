@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -314,6 +315,8 @@ class EMNISTDataModule(L.LightningDataModule):
             num_workers=0 if on_device else hp.num_workers,
             pin_memory=hp.pin_memory and not on_device,
             persistent_workers=hp.persistent_workers and hp.num_workers > 0 and not on_device,
+            # a last training batch of one image breaks BatchNorm; keep it only if it is a rank's whole share
+            drop_last=train and math.ceil(len(dataset) / world_size) >= hp.batch_size,
         )
 
     def train_dataloader(self) -> DataLoader | DeviceBatches:
