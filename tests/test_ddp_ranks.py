@@ -232,6 +232,14 @@ def test_training_drops_a_last_batch_of_one_image(emnist_root: Path, tmp_path: P
     assert cli.trainer.global_step == 9
 
 
+@pytest.mark.parametrize("precision", ["bf16-mixed", "bf16-true"])
+def test_bf16_precisions_fit_the_smoke_config(precision: str, emnist_root: Path, tmp_path: Path) -> None:
+    cli = main(["fit", *smoke_args(emnist_root, tmp_path, f"--trainer.precision={precision}")])
+    expected = torch.bfloat16 if precision == "bf16-true" else torch.float32
+    assert next(cli.model.parameters()).dtype == expected
+    assert torch.isfinite(cli.trainer.callback_metrics["test/loss"])
+
+
 def placed_on(dm: EMNISTDataModule, device: str) -> set[str]:
     dm.trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device(device)), training=False)
     dm.setup("fit")

@@ -368,8 +368,8 @@ class EMNISTDataModule(L.LightningDataModule):
 
     def on_after_batch_transfer(self, batch: tuple, dataloader_idx: int) -> tuple:
         """Turn uint8 (B, 28, 28) into float (B, 1, 28, 28) in [0, 1] on the batch's device, augmenting the flagged
-        training images there; normalisation belongs to the model, so a checkpoint carries it. Nothing here reads a
-        value back to the host."""
+        training images there, then into the precision plugin's input dtype (bf16 for `bf16-true`). Normalisation
+        belongs to the model, so a checkpoint carries it. Nothing here reads a value back to the host."""
         if self.trainer is not None and self.trainer.predicting:
             return batch
         images, labels, augment = batch
@@ -379,6 +379,8 @@ class EMNISTDataModule(L.LightningDataModule):
             generator = self.augment_generator(images.device)
             augmented = random_affine(images, hp.degrees, hp.translate, hp.shear, tuple(hp.scale), generator)
             images = torch.where(augment.view(-1, 1, 1, 1), augmented, images)
+        if (precision := getattr(self.trainer, "precision_plugin", None)) is not None:
+            images = precision.convert_input(images)
         return images, labels
 
 
