@@ -16,7 +16,7 @@ from emnist_lit.atomic import write_atomically
 from emnist_lit.callbacks import AugmentedSamples, SigtermCheckpoint, TestReport
 from emnist_lit.checkpoints import check_charset, check_ckpt_path, check_resume_folder
 from emnist_lit.data import EMNISTDataModule
-from emnist_lit.errors import USER_ERRORS, CheckpointError
+from emnist_lit.errors import USER_ERRORS, CheckpointError, EMNISTConfigError
 from emnist_lit.export import load_bundle_weights, read_bundle
 from emnist_lit.module import EMNISTClassifier
 from emnist_lit.prediction import CharacterWriter
@@ -105,6 +105,14 @@ class EMNISTCLI(LightningCLI):
         if type(bar) is TQDMProgressBar and not any(c is bar for c in configured):  # Lightning's default bar
             trainer.callbacks = [TQDMProgressBar(PROGRESS_REFRESH_STEPS) if c is bar else c for c in trainer.callbacks]
         return trainer
+
+    def before_predict(self) -> None:
+        """One process predicts: several would each print and write only their share of the files."""
+        if self.trainer.world_size > 1:
+            raise EMNISTConfigError(
+                f"predict runs on one device, but the trainer would start {self.trainer.world_size} processes "
+                "(--trainer.devices, --trainer.num_nodes); pass --trainer.devices=1"
+            )
 
     def after_instantiate_classes(self) -> None:
         if self.subcommand and (bundle := self.config[self.subcommand].get("bundle")):

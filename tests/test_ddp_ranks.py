@@ -18,6 +18,7 @@ import pytest
 import torch
 from conftest import REPO, smoke_args, upright_samples, write_idx_gz
 from lightning.pytorch.callbacks import Callback
+from PIL import Image
 
 from emnist_lit.charsets import BALANCED47_CHARSET
 from emnist_lit.cli import main
@@ -253,3 +254,21 @@ def test_a_datamodule_reused_by_another_trainer_follows_its_device(emnist_root: 
     assert placed_on(dm, "meta") == {"meta"}
     assert placed_on(dm, "cpu") == {"cpu"}
     assert placed_on(dm, "meta") == {"meta"}
+
+
+def test_predict_refuses_more_than_one_device_in_one_line(tmp_path: Path) -> None:
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    for index in range(3):
+        Image.fromarray(upright_samples(1, seed=index)[0][0]).save(scans / f"{index}.png")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    command = [sys.executable, "-m", "emnist_lit", "predict", f"--data.predict_dir={scans}"]
+    command += ["--trainer.accelerator=cpu", "--trainer.devices=2", f"--output={tmp_path / 'out.csv'}"]
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr.strip().splitlines() == [
+        "error: predict runs on one device, but the trainer would start 2 processes (--trainer.devices, "
+        "--trainer.num_nodes); pass --trainer.devices=1"
+    ]
+    assert not (tmp_path / "out.csv").exists()
