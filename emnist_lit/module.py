@@ -87,6 +87,7 @@ class EMNISTClassifier(L.LightningModule):
         dropout: float = 0.0,
         width: int = 32,
         channels_last: bool = False,
+        compile: bool = False,
         label_smoothing: float = 0.0,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         scheduler: LRSchedulerCallable | None = None,
@@ -102,6 +103,8 @@ class EMNISTClassifier(L.LightningModule):
             dropout: dropout before the last linear layer.
             width: channels of the first stage of the `cnn` backbone (doubled twice).
             channels_last: run the network in NHWC memory order, which oneDNN (CPU) and tensor cores (CUDA) prefer.
+            compile: `torch.compile` the network for fit, validate and test (the first steps wait for the compiler);
+                predict and export use it uncompiled, and checkpoints are the same either way.
             label_smoothing: cross-entropy label smoothing.
             optimizer: optimizer class and arguments, without the parameters.
             scheduler: LR scheduler class and arguments, without the optimizer.
@@ -125,11 +128,14 @@ class EMNISTClassifier(L.LightningModule):
         self.test_metrics = metric_suite(n).clone(prefix="test/")
 
     def setup(self, stage: str) -> None:
-        """Take the training set's mean and std before fitting; checkpoints restore them afterwards."""
+        """Take the training set's mean and std before fitting; checkpoints restore them afterwards. Compile the
+        network in place (`nn.Module.compile`), so parameter names and checkpoints stay those of the plain one."""
         normalization = getattr(self.trainer.datamodule, "normalization", None)
         if stage == "fit" and normalization is not None:
             self.input_mean.fill_(normalization[0])
             self.input_std.fill_(normalization[1])
+        if self.hparams.compile and stage != "predict":
+            self.net.compile()
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         images = (images - self.input_mean) / self.input_std

@@ -13,13 +13,14 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, smoke_args, upright_samples
 from lightning.pytorch.callbacks import TQDMProgressBar
+from PIL import Image
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from torchmetrics.classification import MulticlassF1Score
 
-from emnist_lit.cli import EMNISTCLI
+from emnist_lit.cli import EMNISTCLI, main
 from emnist_lit.data import EMNISTDataModule, random_affine
 from emnist_lit.module import EMNISTClassifier
 from emnist_lit.trainer import EMNISTTrainer
@@ -156,3 +157,21 @@ def test_the_default_progress_bar_reads_the_loss_every_20_steps_only(emnist_root
     bar = ["--trainer.callbacks+=TQDMProgressBar", "--trainer.callbacks.refresh_rate=1"]
     cli = cli_without_running(smoke, f"--data.root={emnist_root}", "--trainer.logger=false", *bar)
     assert cli.trainer.progress_bar_callback.refresh_rate == 1, "a bar the config asks for is kept as it is"
+
+
+def test_compile_trains_a_compiled_network_and_checkpoints_the_plain_one(
+    emnist_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Dynamo's `eager` backend stands in for Inductor, which would spend a minute compiling C++ on this CPU."""
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
+    cli = main(["fit", *smoke_args(emnist_root, tmp_path, "--trainer.max_epochs=1"), "--model.compile=true"])
+    assert cli.model.net._compiled_call_impl is not None
+    assert "test/acc" in cli.trainer.callback_metrics
+    checkpoint_path = cli.trainer.checkpoint_callback.best_model_path
+    checkpoint = torch.load(checkpoint_path, weights_only=True)
+    assert checkpoint["state_dict"].keys() == EMNISTClassifier(backbone="lenet").state_dict().keys()
+
+    scan = tmp_path / "scan.png"
+    Image.fromarray(upright_samples(1, seed=0)[0][0]).save(scan)
+    predict = main(["predict", f"--ckpt_path={checkpoint_path}", f"--data.predict_files=[{scan}]"])
+    assert predict.model.hparams.compile and predict.model.net._compiled_call_impl is None
