@@ -18,11 +18,11 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 from PIL import Image
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
-from torchmetrics.classification import MulticlassF1Score
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score, MulticlassPrecision, MulticlassRecall
 
 from emnist_lit.cli import EMNISTCLI, main
 from emnist_lit.data import EMNISTDataModule, random_affine
-from emnist_lit.module import EMNISTClassifier
+from emnist_lit.module import EMNISTClassifier, metric_suite
 from emnist_lit.trainer import EMNISTTrainer
 
 META = torch.device("meta")
@@ -141,6 +141,30 @@ def test_the_check_catches_each_kind_of_host_sync(name: str, monkeypatch: pytest
     )
     with pytest.raises((HostSyncError, RuntimeError, NotImplementedError)), no_host_sync(monkeypatch):
         SYNCS[name](tensors)
+
+
+@pytest.mark.parametrize("per_class", [False, True])
+def test_the_metrics_counted_without_sync_equal_torchmetrics_own(per_class: bool) -> None:
+    generator = torch.Generator().manual_seed(0)
+    suite = metric_suite(47, per_class=per_class)
+    reference = {
+        "acc": MulticlassAccuracy(47, average="none" if per_class else "micro"),
+        **{
+            name: cls(47, average="none" if per_class else "macro")
+            for name, cls in (
+                ("f1", MulticlassF1Score),
+                ("precision", MulticlassPrecision),
+                ("recall", MulticlassRecall),
+            )
+        },
+    }
+    for _ in range(3):
+        logits, labels = torch.randn(64, 47, generator=generator), torch.randint(0, 47, (64,), generator=generator)
+        suite.update(logits, labels)
+        for metric in reference.values():
+            metric.update(logits, labels)
+    for name, value in suite.compute().items():
+        torch.testing.assert_close(value, reference[name.removesuffix("_macro")].compute())
 
 
 def cli_without_running(*args: str) -> EMNISTCLI:
