@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 import yaml
 from lightning.pytorch import Trainer
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -17,11 +17,14 @@ from emnist_lit.budget import TimeBudget
 from emnist_lit.callbacks import AugmentedSamples, SigtermCheckpoint, TestReport
 from emnist_lit.checkpoints import check_charset, check_ckpt_path, check_resume_folder
 from emnist_lit.data import EMNISTDataModule
-from emnist_lit.errors import USER_ERRORS, CheckpointError
+from emnist_lit.errors import USER_ERRORS, CheckpointError, EMNISTConfigError
 from emnist_lit.export import load_bundle_weights, read_bundle
 from emnist_lit.module import EMNISTClassifier
 from emnist_lit.prediction import CharacterWriter, LineWriter
 from emnist_lit.trainer import EMNISTTrainer
+
+PROGRESS_REFRESH_STEPS = 20
+"""How often the default progress bar redraws: each redraw reads the loss back from the GPU, a stall per step."""
 
 
 class EMNISTCLI(LightningCLI):
@@ -109,7 +112,22 @@ class EMNISTCLI(LightningCLI):
             trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, LearningRateMonitor)]
         unused_writer = CharacterWriter if self.subcommand in ("read", "serve") else LineWriter  # own batch formats
         trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, unused_writer)]
+        configured = self._get(self.config_init, "trainer", default={}).get("callbacks") or []
+        bar = trainer.progress_bar_callback
+        if type(bar) is TQDMProgressBar and not any(c is bar for c in configured):  # Lightning's default bar
+            trainer.callbacks = [TQDMProgressBar(PROGRESS_REFRESH_STEPS) if c is bar else c for c in trainer.callbacks]
         return trainer
+
+    def before_predict(self) -> None:
+        """One process predicts (and reads): several would each print and write only their share of the files."""
+        if self.trainer.world_size > 1:
+            raise EMNISTConfigError(
+                f"{self.subcommand} runs on one device, but the trainer would start {self.trainer.world_size} "
+                "processes "
+                "(--trainer.devices, --trainer.num_nodes); pass --trainer.devices=1"
+            )
+
+    before_read = before_predict
 
     def after_instantiate_classes(self) -> None:
         if self.subcommand and (bundle := self.config[self.subcommand].get("bundle")):

@@ -15,28 +15,67 @@ from emnist_lit.charsets import BALANCED47_CHARSET
 from emnist_lit.models import BackboneName, StemName, build_backbone
 
 
+class _CountsWithoutSync:
+    """Counts per-class true/false positives/negatives by comparing the predictions and labels with every class.
+    torchmetrics' own update counts them with `bincount`, whose output size is read back to the host on CUDA: a
+    stall every step. The inputs are ours (logits and labels in range), so they are not validated either."""
+
+    num_classes: int
+    average: str
+
+    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
+        classes = torch.arange(self.num_classes, device=target.device)
+        predicted = preds.argmax(dim=1).unsqueeze(1) == classes
+        actual = target.unsqueeze(1) == classes
+        tp = (predicted & actual).sum(0)
+        fp = (predicted & ~actual).sum(0)
+        fn = (~predicted & actual).sum(0)
+        tn = len(target) - tp - fp - fn
+        if self.average == "micro":
+            tp, fp, tn, fn = tp.sum(), fp.sum(), tn.sum(), fn.sum()
+        self._update_state(tp, fp, tn, fn)
+
+
+class Accuracy(_CountsWithoutSync, MulticlassAccuracy):
+    """MulticlassAccuracy, updated without a host sync."""
+
+
+class Precision(_CountsWithoutSync, MulticlassPrecision):
+    """MulticlassPrecision, updated without a host sync."""
+
+
+class Recall(_CountsWithoutSync, MulticlassRecall):
+    """MulticlassRecall, updated without a host sync."""
+
+
+class F1Score(_CountsWithoutSync, MulticlassF1Score):
+    """MulticlassF1Score, updated without a host sync."""
+
+
 def metric_suite(num_classes: int, per_class: bool = False) -> MetricCollection:
-    """Accuracy and macro precision, recall and F1 (one number each), or all four per class. `balanced_acc` is macro
-    recall under the name that says what it is for: accuracy as a class-balanced split would measure it, which
-    is what checkpoints select by when the test split is balanced and the val split is not."""
+    """Accuracy and macro precision, recall and F1 (one number each), or all four per class. The compute groups
+    (metrics sharing one set of counts) are given, so torchmetrics does not compare states to find them, which
+    reads back to the host. `balanced_acc` is macro recall under the name that says what it is for: accuracy as a
+    class-balanced split would measure it, which checkpoints select by when the test split is balanced and the val
+    split is not."""
+    kwargs = {"validate_args": False}
     if per_class:
-        return MetricCollection(
-            {
-                "acc": MulticlassAccuracy(num_classes, average="none"),
-                "precision": MulticlassPrecision(num_classes, average="none"),
-                "recall": MulticlassRecall(num_classes, average="none"),
-                "f1": MulticlassF1Score(num_classes, average="none"),
-            }
-        )
-    return MetricCollection(
-        {
-            "acc": MulticlassAccuracy(num_classes, average="micro"),
-            "f1_macro": MulticlassF1Score(num_classes, average="macro"),
-            "precision_macro": MulticlassPrecision(num_classes, average="macro"),
-            "recall_macro": MulticlassRecall(num_classes, average="macro"),
-            "balanced_acc": MulticlassRecall(num_classes, average="macro"),
+        metrics = {
+            "acc": Accuracy(num_classes, average="none", **kwargs),
+            "precision": Precision(num_classes, average="none", **kwargs),
+            "recall": Recall(num_classes, average="none", **kwargs),
+            "f1": F1Score(num_classes, average="none", **kwargs),
         }
-    )
+        return MetricCollection(metrics, compute_groups=[list(metrics)])
+    metrics = {
+        "acc": Accuracy(num_classes, average="micro", **kwargs),
+        "f1_macro": F1Score(num_classes, average="macro", **kwargs),
+        "precision_macro": Precision(num_classes, average="macro", **kwargs),
+        "recall_macro": Recall(num_classes, average="macro", **kwargs),
+        "balanced_acc": Recall(num_classes, average="macro", **kwargs),
+    }
+    macro = ["f1_macro", "precision_macro", "recall_macro", "balanced_acc"]
+    return MetricCollection(metrics, compute_groups=[["acc"], macro])
 
 
 class EMNISTClassifier(L.LightningModule):
@@ -52,6 +91,7 @@ class EMNISTClassifier(L.LightningModule):
         dropout: float = 0.0,
         width: int = 32,
         channels_last: bool = False,
+        compile: bool = False,
         label_smoothing: float = 0.0,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         scheduler: LRSchedulerCallable | None = None,
@@ -68,6 +108,8 @@ class EMNISTClassifier(L.LightningModule):
             dropout: dropout before the last linear layer.
             width: channels of the first stage of the `cnn` backbone (doubled twice).
             channels_last: run the network in NHWC memory order, which oneDNN (CPU) and tensor cores (CUDA) prefer.
+            compile: `torch.compile` the network for fit, validate and test (the first steps wait for the compiler);
+                predict and export use it uncompiled, and checkpoints are the same either way.
             label_smoothing: cross-entropy label smoothing.
             optimizer: optimizer class and arguments, without the parameters.
             scheduler: LR scheduler class and arguments, without the optimizer.
@@ -92,11 +134,14 @@ class EMNISTClassifier(L.LightningModule):
         self.test_metrics = metric_suite(n).clone(prefix="test/")
 
     def setup(self, stage: str) -> None:
-        """Take the training set's mean and std before fitting; checkpoints restore them afterwards."""
+        """Take the training set's mean and std before fitting; checkpoints restore them afterwards. Compile the
+        network in place (`nn.Module.compile`), so parameter names and checkpoints stay those of the plain one."""
         normalization = getattr(self.trainer.datamodule, "normalization", None)
         if stage == "fit" and normalization is not None:
             self.input_mean.fill_(normalization[0])
             self.input_std.fill_(normalization[1])
+        if self.hparams.compile and stage != "predict":
+            self.net.compile()
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         images = (images - self.input_mean) / self.input_std
@@ -110,7 +155,9 @@ class EMNISTClassifier(L.LightningModule):
         loss = F.cross_entropy(logits, labels, label_smoothing=self.hparams.label_smoothing)
         metrics.update(logits, labels)
         stage = metrics.prefix.rstrip("/")
-        self.log(f"{stage}/loss", loss, on_step=stage == "train", on_epoch=True, prog_bar=True)
+        # val/loss is what ReduceLROnPlateau watches: averaged over all ranks, so each takes the same decision
+        training = stage == "train"
+        self.log(f"{stage}/loss", loss, on_step=training, on_epoch=True, prog_bar=True, sync_dist=not training)
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage != "train")
         return logits if stage == "test" else loss
 

@@ -15,7 +15,8 @@ def random_affine(
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """torchvision's RandomAffine drawn independently for every image of a (B, C, H, W) float batch, in one
-    `affine_grid`/`grid_sample` call, so augmentation runs batched on whatever device holds the batch."""
+    `affine_grid`/`grid_sample` call, so augmentation runs batched on whatever device holds the batch, without
+    waiting on the host. `generator` must live on the batch's device."""
     n, device = images.shape[0], images.device
 
     def uniform(low: float, high: float) -> torch.Tensor:
@@ -26,9 +27,9 @@ def random_affine(
     zoom = uniform(*scale)
     shift = torch.stack([uniform(-translate, translate), uniform(-translate, translate)], dim=1) * 2
     cos, sin, tan = torch.cos(angle), torch.sin(angle), torch.tan(shear_x)
-    # forward map = zoom * rotation @ shear_x; the grid needs its inverse (output pixel -> input pixel)
-    forward = torch.stack([cos, cos * tan - sin, sin, sin * tan + cos], dim=1).view(n, 2, 2) * zoom.view(n, 1, 1)
-    inverse = torch.linalg.inv(forward)
+    # forward map = zoom * rotation @ shear_x; the grid needs its inverse (output pixel -> input pixel), in closed form
+    # unshear_x @ rotation^T / zoom: torch.linalg.inv would check for singular matrices by reading back to the host
+    inverse = torch.stack([cos + tan * sin, sin - tan * cos, -sin, cos], dim=1).view(n, 2, 2) / zoom.view(n, 1, 1)
     theta = torch.cat([inverse, -(inverse @ shift.unsqueeze(-1))], dim=2)
     grid = F.affine_grid(theta.to(images.dtype), list(images.shape), align_corners=False)
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)

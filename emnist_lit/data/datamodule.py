@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import math
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 from torchvision.datasets import EMNIST
@@ -52,7 +56,7 @@ class IndexedImages(Dataset):
         row = index if self.rows is None else self.rows[index]
         return self.images[row], self.labels[index], self.augment[index]
 
-    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def __getitems__(self, indices: list[int] | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         index = torch.as_tensor(indices, device=self.images.device)
         rows = index if self.rows is None else self.rows[index]
         return self.images[rows], self.labels[index], self.augment[index]
@@ -65,6 +69,63 @@ class IndexedImages(Dataset):
 def keep_batch(batch: object) -> object:
     """Collate for `IndexedImages`: the batch is already stacked."""
     return batch
+
+
+def mix_seed(*parts: int) -> int:
+    """A 64-bit generator seed from several non-negative integers (a base seed, a rank, a counter), hashed by NumPy's
+    SeedSequence so that neighbouring inputs give unrelated streams."""
+    return int(np.random.SeedSequence(parts).generate_state(1, np.uint64)[0])
+
+
+def new_generator(device: torch.device) -> torch.Generator:
+    """A generator for drawing on `device`; meta tensors (the sync test) have none of their own and take a CPU one."""
+    return torch.Generator(device="cpu" if device.type == "meta" else device)
+
+
+class DeviceBatches:
+    """Training batches of an `IndexedImages` held on an accelerator, indexed there: no index list is built on the
+    host or copied over, so a step never waits for one. Every epoch draws one permutation (or, given `weights`, one
+    draw with replacement in proportion to them) of the whole set from a generator seeded with (seed, epoch), alike
+    on every rank; rank r takes every `world_size`-th index from position r, as DistributedSampler does. Only full
+    batches are yielded (a last batch of one image would break BatchNorm), unless a rank's share is smaller than
+    one batch, which then makes its only batch."""
+
+    def __init__(
+        self,
+        dataset: IndexedImages,
+        batch_size: int,
+        weights: torch.Tensor | None = None,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        self.dataset, self.batch_size, self.weights = dataset, batch_size, weights
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.epoch = 0
+
+    @property
+    def sampler(self) -> DeviceBatches:
+        """Lightning's fit loop calls `loader.sampler.set_epoch(epoch)` before each epoch."""
+        return self
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        share = len(self.dataset) // self.world_size
+        return max(share // self.batch_size, min(share, 1))
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        device, n = self.dataset.images.device, len(self.dataset)
+        generator = new_generator(device).manual_seed(mix_seed(self.seed, self.epoch))
+        if self.weights is None:
+            order = torch.randperm(n, device=device, generator=generator)
+        else:
+            order = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        share = order[self.rank :: self.world_size][: n // self.world_size]
+        size = min(self.batch_size, len(share))
+        for start in range(0, len(self) * size, size):
+            yield self.dataset.__getitems__(share[start : start + size])
 
 
 class EMNISTDataModule(L.LightningDataModule):
@@ -111,12 +172,14 @@ class EMNISTDataModule(L.LightningDataModule):
             scale: RandomAffine zoom range.
             include_plain_copy: each epoch sees every training image twice, once plain and once augmented, as the
                 VIN-alphabet reference did.
-            balance_classes: sample training images with probability inverse to their class frequency.
+            balance_classes: sample training images with probability inverse to their class frequency; under DDP
+                the draw is sharded, every rank taking a different part of it.
             num_workers: DataLoader workers; batches are assembled by tensor indexing, so 0 is usually fastest.
             pin_memory: pin host batches for faster copies to a GPU.
             persistent_workers: keep workers alive between epochs (only with num_workers > 0).
-            on_device: on a CUDA trainer, move the uint8 images to the GPU once (about 90 MB for all of EMNIST
-                Balanced) and index batches there: no per-batch copy, no workers. Ignored on CPU.
+            on_device: on a GPU trainer, move the uint8 images to the GPU once (about 90 MB for all of EMNIST
+                Balanced) and draw and index training batches there: no per-batch copy, no workers, no step that
+                waits on the host. Ignored on CPU.
             predict_dir: folder of images for `predict` (searched recursively).
             predict_files: image files for `predict`, after those of `predict_dir`.
             predict_workers: DataLoader workers decoding images for `predict`.
@@ -133,6 +196,10 @@ class EMNISTDataModule(L.LightningDataModule):
         self.val_set: IndexedImages | None = None
         self.test_set: IndexedImages | None = None
         self.predict_set: ImageFiles | None = None
+        self._host_sets: dict[str, IndexedImages] = {}  # kept in host memory, so a later trainer may place them anew
+        self._seed: int | None = None
+        self.augmented_batches = 0
+        self._augment_generator: torch.Generator | None = None
 
     @property
     def num_classes(self) -> int:
@@ -168,16 +235,21 @@ class EMNISTDataModule(L.LightningDataModule):
             raise EMNISTDataError(
                 f"{files['mapping']}: lists {mapping!r}, not EMNIST Balanced's {BALANCED47_CHARSET!r}"
             )
-        if stage in ("fit", "validate") and self.train_set is None:
+        host = self._host_sets
+        if stage in ("fit", "validate") and "train" not in host:
             images, labels = self._filter(*load_split(files, "train"))
             train_idx, val_idx = stratified_split(labels, self.hparams.val_fraction, self.hparams.split_seed)
             self.normalization = _mean_std(images[train_idx])
-            self.train_set = self._training_set(images[train_idx], labels[train_idx])
-            self.val_set = IndexedImages(images[val_idx], labels[val_idx], torch.zeros(len(val_idx), dtype=torch.bool))
-            self.train_set, self.val_set = self._on_device(self.train_set), self._on_device(self.val_set)
-        if stage == "test" and self.test_set is None:
+            host["train"] = self._training_set(images[train_idx], labels[train_idx])
+            host["val"] = IndexedImages(images[val_idx], labels[val_idx], torch.zeros(len(val_idx), dtype=torch.bool))
+        if stage == "test" and "test" not in host:
             images, labels = self._filter(*load_split(files, "test"))
-            self.test_set = self._on_device(IndexedImages(images, labels, torch.zeros(len(labels), dtype=torch.bool)))
+            host["test"] = IndexedImages(images, labels, torch.zeros(len(labels), dtype=torch.bool))
+        if stage in ("fit", "validate"):
+            self.train_set = self._placed(self.train_set, host["train"])
+            self.val_set = self._placed(self.val_set, host["val"])
+        if stage == "test":
+            self.test_set = self._placed(self.test_set, host["test"])
 
     def _filter(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Keep the charset's classes and renumber them 0..n-1 in NIST's order."""
@@ -197,28 +269,43 @@ class EMNISTDataModule(L.LightningDataModule):
 
     @property
     def data_device(self) -> torch.device | None:
-        """The CUDA device that holds the datasets when `on_device` is set and the trainer runs on one, else None."""
+        """The accelerator (GPU) that holds the datasets when `on_device` is set and the trainer runs on one, else
+        None: the data then stay in host memory."""
         if not self.hparams.on_device or self.trainer is None:
             return None
         device = self.trainer.strategy.root_device
-        return device if device.type == "cuda" else None
+        return device if device.type != "cpu" else None
 
-    def _on_device(self, dataset: IndexedImages) -> IndexedImages:
+    def _placed(self, current: IndexedImages | None, host: IndexedImages) -> IndexedImages:
+        """`host` on the current trainer's data device: a datamodule reused by another trainer follows it."""
         device = self.data_device
         if device is None:
-            return dataset
-        return dataset.to(device)
+            return host
+        if current is not None and current.images.device == device:
+            return current
+        return host.to(device)
 
-    def _loader(self, dataset: IndexedImages | None, train: bool = False) -> DataLoader:
+    @property
+    def _rank_and_world_size(self) -> tuple[int, int]:
+        return getattr(self.trainer, "global_rank", 0), getattr(self.trainer, "world_size", 1)
+
+    def _class_weights(self, labels: torch.Tensor) -> torch.Tensor:
+        """Sampling weight of each image, inverse to its class's frequency."""
+        return (1.0 / torch.bincount(labels).double())[labels]
+
+    def _loader(self, dataset: IndexedImages | None, train: bool = False) -> DataLoader | DeviceBatches:
         if dataset is None:
             raise RuntimeError("setup() has not prepared this stage's data")
         hp = self.hparams
         on_device = dataset.images.device.type != "cpu"
+        rank, world_size = self._rank_and_world_size
+        if train and self.data_device is not None:
+            host_labels = self._host_sets["train"].labels
+            weights = self._class_weights(host_labels).float().to(dataset.images.device) if hp.balance_classes else None
+            return DeviceBatches(dataset, hp.batch_size, weights, self.seed, rank, world_size)
         sampler = None
         if train and hp.balance_classes:
-            labels = dataset.labels.cpu()
-            weights = (1.0 / torch.bincount(labels).double())[labels]
-            sampler = WeightedRandomSampler(weights, num_samples=len(dataset), replacement=True)
+            sampler = WeightedRandomSampler(self._class_weights(dataset.labels), len(dataset), replacement=True)
         return DataLoader(
             dataset,
             batch_size=hp.batch_size,
@@ -228,9 +315,11 @@ class EMNISTDataModule(L.LightningDataModule):
             num_workers=0 if on_device else hp.num_workers,
             pin_memory=hp.pin_memory and not on_device,
             persistent_workers=hp.persistent_workers and hp.num_workers > 0 and not on_device,
+            # a last training batch of one image breaks BatchNorm; keep it only if it is a rank's whole share
+            drop_last=train and math.ceil(len(dataset) / world_size) >= hp.batch_size,
         )
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> DataLoader | DeviceBatches:
         return self._loader(self.train_set, train=True)
 
     def val_dataloader(self) -> DataLoader:
@@ -250,16 +339,48 @@ class EMNISTDataModule(L.LightningDataModule):
             pin_memory=self.hparams.pin_memory,
         )
 
+    @property
+    def seed(self) -> int:
+        """The run's seed (`seed_everything`'s, alike on every rank) or the one a resumed checkpoint stored: it seeds
+        the on-device batch order and the augmentation."""
+        if self._seed is None:
+            self._seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+        return self._seed
+
+    def augment_generator(self, device: torch.device) -> torch.Generator:
+        """The generator for the next training batch's affines, seeded from (seed, global rank, batches augmented so
+        far): ranks draw different affines, and a run resumed from a checkpoint (which stores the count) draws what
+        the uninterrupted run drew at the same batch."""
+        rank, _ = self._rank_and_world_size
+        if self._augment_generator is None or self._augment_generator.device != device:
+            self._augment_generator = new_generator(device)
+        self._augment_generator.manual_seed(mix_seed(self.seed, rank, self.augmented_batches))
+        self.augmented_batches += 1
+        return self._augment_generator
+
+    def state_dict(self) -> dict[str, int]:
+        """Lightning stores this in checkpoints: the augmentation stream's seed and position."""
+        return {"seed": self.seed, "augmented_batches": self.augmented_batches}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        self._seed = state_dict.get("seed", self._seed)
+        self.augmented_batches = state_dict.get("augmented_batches", 0)
+
     def on_after_batch_transfer(self, batch: tuple, dataloader_idx: int) -> tuple:
         """Turn uint8 (B, 28, 28) into float (B, 1, 28, 28) in [0, 1] on the batch's device, augmenting the flagged
-        training images there; normalisation belongs to the model, so a checkpoint carries it."""
+        training images there, then into the precision plugin's input dtype (bf16 for `bf16-true`). Normalisation
+        belongs to the model, so a checkpoint carries it. Nothing here reads a value back to the host."""
         if self.trainer is not None and self.trainer.predicting:
             return batch
         images, labels, augment = batch
         images = images.unsqueeze(1).float().div_(255)
-        if self.trainer is not None and self.trainer.training and augment.any():
+        if self.trainer is not None and self.trainer.training and self.augments:
             hp = self.hparams
-            images[augment] = random_affine(images[augment], hp.degrees, hp.translate, hp.shear, tuple(hp.scale))
+            generator = self.augment_generator(images.device)
+            augmented = random_affine(images, hp.degrees, hp.translate, hp.shear, tuple(hp.scale), generator)
+            images = torch.where(augment.view(-1, 1, 1, 1), augmented, images)
+        if (precision := getattr(self.trainer, "precision_plugin", None)) is not None:
+            images = precision.convert_input(images)
         return images, labels
 
 
