@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gzip
+import os
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +18,50 @@ from emnist_lit.images import prepare_image
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_ROOT = REPO.parent / "shared" / "data" / "emnist-sample"
 requires_sample = pytest.mark.skipif(not SAMPLE_ROOT.is_dir(), reason=f"real EMNIST sample not at {SAMPLE_ROOT}")
+CACHES = (".pytest_cache", "__pycache__", ".ruff_cache", ".venv")
+"""What running Python, pytest and ruff leaves in a checkout by design; anything else a test leaves there is a bug."""
+
+
+def checkout_files() -> dict[str, tuple[str, int, int]] | None:
+    """Every modified, untracked or ignored file of the checkout (caches aside) with its git status, size and
+    modification time, or None when the tests do not run from a git checkout of their own."""
+    git = ["git", "--no-optional-locks", "-C", str(REPO)]
+    try:
+        top = subprocess.run([*git, "rev-parse", "--show-toplevel"], capture_output=True, text=True, check=True)
+        if Path(top.stdout.strip()).resolve() != REPO:
+            return None
+        status = ["status", "--porcelain=v1", "-z", "--ignored", "--untracked-files=all", "--", ".", ":(exclude).venv"]
+        out = subprocess.run([*git, *status], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    files = {}
+    for entry in out.split("\0"):
+        path = entry[3:]
+        parts = Path(path).parts
+        if len(entry) < 4 or any(part in CACHES or part.endswith(".egg-info") for part in parts):
+            continue
+        try:
+            stat = os.lstat(REPO / path)
+        except OSError:
+            files[path] = (entry[:2], -1, -1)
+        else:
+            files[path] = (entry[:2], stat.st_size, stat.st_mtime_ns)
+    return files
+
+
+@pytest.fixture(scope="session", autouse=True)
+def checkout_is_left_as_found() -> None:
+    """Fails the run when a test wrote into the checkout (even an ignored file such as `checkpoints/last.ckpt`):
+    tests write only under their temporary folders."""
+    before = checkout_files()
+    yield
+    after = checkout_files()
+    if before is None or after is None:
+        return
+    changed = sorted(path for path in before.keys() | after.keys() if before.get(path) != after.get(path))
+    if changed:
+        listing = "\n  ".join(changed[:20])
+        pytest.fail(f"the tests changed these files of the checkout {REPO}:\n  {listing}", pytrace=False)
 
 
 def idx_bytes(array: np.ndarray) -> bytes:
