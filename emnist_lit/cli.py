@@ -97,6 +97,8 @@ class EMNISTCLI(LightningCLI):
         trainer = super().instantiate_trainer(**kwargs)
         if not trainer.loggers:  # LearningRateMonitor refuses to start without a logger and has nowhere to write
             trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, LearningRateMonitor)]
+        if trainer.fast_dev_run:  # Lightning 2.6's ModelCheckpoint still saves last.ckpt (in ./checkpoints) at its end
+            trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, ModelCheckpoint)]
         return trainer
 
     def after_instantiate_classes(self) -> None:
