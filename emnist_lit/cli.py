@@ -6,6 +6,7 @@ import signal
 from typing import Any
 
 import yaml
+from jsonargparse import ActionYesNo
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -56,13 +57,17 @@ class EMNISTCLI(LightningCLI):
         parser.link_arguments("output", "prediction.output")
         parser.add_argument("--test_after_fit", type=bool, default=True, help="fit: test the best checkpoint after")
         parser.add_argument("--bundle", type=str | None, default=None, help="predict: an exported bundle folder")
-        parser.add_argument("--verbose", type=bool, default=False, help="show Lightning's banners, tips and warnings")
+        parser.add_argument(
+            "--verbose", action=ActionYesNo, nargs="?", default=False, help="show Lightning's banners, tips, warnings"
+        )
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
         if subcommand and self.config[subcommand].get("verbose"):
             quiet.restore_library_chatter()
+        elif subcommand != "fit":
+            quiet.silence_training_state_warnings()
 
     def _parse_ckpt_path(self) -> None:
         """Read `--ckpt_path` as untrusted data before Lightning does, and take predict's `--bundle` hyperparameters
