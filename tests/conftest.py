@@ -140,6 +140,14 @@ def smoke_args(root: Path, logs: Path, *extra: str) -> list[str]:
     ]
 
 
+def parser_error(stderr: str) -> str:
+    """The error jsonargparse printed, without the usage text before it (which names every option)."""
+    lines = stderr.splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith("error: ")]
+    assert starts, f"no error line in:\n{stderr[-2000:]}"
+    return "\n".join(lines[starts[-1] :])
+
+
 @pytest.fixture(scope="session")
 def trained_checkpoint(tmp_path_factory: pytest.TempPathFactory, emnist_root: Path) -> Path:
     """A LeNet that has learned the synthetic glyphs (test accuracy 1.0), for tests that need a real model."""
