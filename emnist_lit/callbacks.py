@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import lightning as L
 import matplotlib.pyplot as plt
 import torch
-from lightning.pytorch.callbacks import Callback, OnExceptionCheckpoint
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -19,14 +20,12 @@ from emnist_lit import reports
 from emnist_lit.module import metric_suite
 
 
-class SigtermCheckpoint(OnExceptionCheckpoint):
+class SigtermCheckpoint(Callback):
     """Save `last.ckpt` in the run's checkpoint folder when `fit` is stopped by SIGTERM (a scheduler pre-empting the
     job), so `--ckpt_path last` resumes from that very step. Lightning 2.6 turns SIGTERM into a `SIGTERMException`
     only after the current batch, so the saved state is consistent; Ctrl-C and crashes are not saved, since they can
-    stop mid-update. The file is ModelCheckpoint's `last.ckpt`, so unlike the parent class it is kept at teardown."""
-
-    def __init__(self) -> None:
-        super().__init__(dirpath=".", filename="last")
+    stop mid-update. Not an `OnExceptionCheckpoint`: with one of those among the callbacks, Lightning turns every
+    `fit` without `--ckpt_path` into `--ckpt_path last` and silently resumes a previous run's `last.ckpt`."""
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         checkpoint = trainer.checkpoint_callback
@@ -34,15 +33,11 @@ class SigtermCheckpoint(OnExceptionCheckpoint):
             return
         if checkpoint is None or getattr(checkpoint, "dirpath", None) is None:
             return  # stopped before ModelCheckpoint knew its folder: nothing trained yet
-        self.dirpath = checkpoint.dirpath
-        self.filename = checkpoint.CHECKPOINT_NAME_LAST
-        super().on_exception(trainer)
-        checkpoint.last_model_path = self.ckpt_path
+        path = os.path.join(checkpoint.dirpath, checkpoint.CHECKPOINT_NAME_LAST + checkpoint.FILE_EXTENSION)
+        trainer.save_checkpoint(path)
+        checkpoint.last_model_path = path
         if trainer.is_global_zero:
-            print(f"SIGTERM: checkpoint of step {trainer.global_step} saved to {self.ckpt_path}", file=sys.stderr)
-
-    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        """Keep the file: it is the run's `last.ckpt`, not a scratch copy."""
+            print(f"SIGTERM: checkpoint of step {trainer.global_step} saved to {path}", file=sys.stderr, flush=True)
 
 
 class AugmentedSamples(Callback):

@@ -6,6 +6,7 @@ import signal
 from typing import Any, Literal
 
 import yaml
+from jsonargparse import ActionYesNo
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -65,13 +66,17 @@ class EMNISTCLI(LightningCLI):
         parser.link_arguments("format", "reading.format")
         parser.add_argument("--test_after_fit", type=bool, default=True, help="fit: test the best checkpoint after")
         parser.add_argument("--bundle", type=str | None, default=None, help="predict: an exported bundle folder")
-        parser.add_argument("--verbose", type=bool, default=False, help="show Lightning's banners, tips and warnings")
+        parser.add_argument(
+            "--verbose", action=ActionYesNo, nargs="?", default=False, help="show Lightning's banners, tips, warnings"
+        )
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
         if subcommand and self.config[subcommand].get("verbose"):
             quiet.restore_library_chatter()
+        elif subcommand != "fit":
+            quiet.silence_training_state_warnings()
 
     def _parse_ckpt_path(self) -> None:
         """Read `--ckpt_path` as untrusted data before Lightning does, and take predict's `--bundle` hyperparameters
@@ -116,6 +121,8 @@ class EMNISTCLI(LightningCLI):
         bar = trainer.progress_bar_callback
         if type(bar) is TQDMProgressBar and not any(c is bar for c in configured):  # Lightning's default bar
             trainer.callbacks = [TQDMProgressBar(PROGRESS_REFRESH_STEPS) if c is bar else c for c in trainer.callbacks]
+        if trainer.fast_dev_run:  # Lightning 2.6's ModelCheckpoint still saves last.ckpt (in ./checkpoints) at its end
+            trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, ModelCheckpoint)]
         return trainer
 
     def before_predict(self) -> None:

@@ -17,12 +17,27 @@ NOISY_WARNINGS = (
 )
 """Warnings about Lightning's own defaults that this project has already considered."""
 
+LIBRARY_MODULES = r"(lightning|lightning_fabric|pytorch_lightning|torchmetrics)(\..*)?$"
+"""Deprecation warnings raised inside these libraries are about their own code, which no user can change."""
+
+TRAINING_STATE_WARNINGS = (r"The dirpath has changed from .*",)
+"""Warnings about restoring a checkpoint's training bookkeeping (ModelCheckpoint's folder and scores), which only
+`fit` uses: validate, test and predict read the weights alone."""
+
 
 def silence_library_chatter() -> None:
     """Raise Lightning's loggers to WARNING and drop the warnings above; nothing of the project's own is hidden."""
     for name in CHATTY_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
     for message in NOISY_WARNINGS:
+        warnings.filterwarnings("ignore", message=message)
+    for category in (DeprecationWarning, FutureWarning):
+        warnings.filterwarnings("ignore", category=category, module=LIBRARY_MODULES)
+
+
+def silence_training_state_warnings() -> None:
+    """For the commands other than `fit`."""
+    for message in TRAINING_STATE_WARNINGS:
         warnings.filterwarnings("ignore", message=message)
 
 
@@ -32,3 +47,5 @@ def restore_library_chatter() -> None:
         logging.getLogger(name).setLevel(logging.INFO)
     for message in NOISY_WARNINGS:
         warnings.filterwarnings("default", message=message)
+    for category in (DeprecationWarning, FutureWarning):
+        warnings.filterwarnings("default", category=category, module=LIBRARY_MODULES)

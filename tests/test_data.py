@@ -10,9 +10,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import SAMPLE_ROOT, idx_bytes, requires_sample, upright_samples, write_emnist, write_idx_gz
+from conftest import (
+    SAMPLE_ROOT,
+    idx_bytes,
+    requires_sample,
+    smoke_args,
+    upright_samples,
+    write_emnist,
+    write_idx_gz,
+)
 
 from emnist_lit.charsets import BALANCED47_CHARSET, VIN_CHARSET, resolve_charset
+from emnist_lit.cli import main
 from emnist_lit.data import (
     SPLIT_FILES,
     EMNISTDataModule,
@@ -189,11 +198,27 @@ def test_training_batches_are_float_upright_and_augmented_only_when_training(emn
     assert torch.equal(labels, batch[1])
 
 
-def test_normalisation_comes_from_the_training_images(emnist_root: Path) -> None:
-    dm = EMNISTDataModule(root=str(emnist_root))
+def test_normalisation_comes_from_the_training_split_alone(tmp_path: Path) -> None:
+    """The validation images of this copy are white, so statistics that took them in show."""
+    root = write_emnist(tmp_path / "emnist")
+    upright, labels = upright_samples(24, seed=1)  # the train file write_emnist wrote
+    dm = EMNISTDataModule(root=str(root))
+    train, val = stratified_split(torch.from_numpy(labels).long(), dm.hparams.val_fraction, dm.hparams.split_seed)
+    upright[val.numpy()] = 255
+    write_idx_gz(root / f"{SPLIT_FILES['train_images']}.gz", upright.transpose(0, 2, 1))
+    pixels = torch.from_numpy(upright).float() / 255
+    expected = (pixels[train].mean().item(), pixels[train].std().item())
+    everything = (pixels.mean().item(), pixels.std().item())
+    assert everything[0] > expected[0] + 0.02, "the validation images move the mean"
+
     dm.setup("fit")
-    pixels = dm.train_set.images.float() / 255
-    assert dm.normalization == pytest.approx((pixels.mean().item(), pixels.std().item()), rel=1e-4)
+    assert dm.normalization == pytest.approx(expected, rel=1e-5)
+    quick = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=1", "--trainer.num_sanity_val_steps=0"]
+    cli = main(["fit", *smoke_args(root, tmp_path / "logs", *quick, "--test_after_fit=false")])
+    model_stats = (cli.model.input_mean.item(), cli.model.input_std.item())
+    assert model_stats == pytest.approx(expected, rel=1e-5), "the model normalises with the training split's statistics"
+    saved = torch.load(cli.trainer.checkpoint_callback.last_model_path, weights_only=True)["state_dict"]
+    assert (saved["input_mean"].item(), saved["input_std"].item()) == pytest.approx(expected, rel=1e-5)
 
 
 def test_regenerated_synthetic_files_are_byte_identical(tmp_path: Path, emnist_root: Path) -> None:

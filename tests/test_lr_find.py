@@ -14,7 +14,9 @@ from emnist_lit.cli import main
 from emnist_lit.trainer import steepest_descent_lr
 
 
-def test_lr_find_saves_plot_prints_suggestion_and_writes_config(emnist_root: Path, tmp_path: Path, capsys) -> None:
+def test_lr_find_saves_plot_prints_suggestion_and_writes_config(
+    emnist_root: Path, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
     output = tmp_path / "smoke.lr.yaml"
     cli = main(
         [
@@ -33,8 +35,12 @@ def test_lr_find_saves_plot_prints_suggestion_and_writes_config(emnist_root: Pat
     config = yaml.safe_load(output.read_text())
     assert config["model"]["optimizer"]["init_args"]["lr"] == suggestion
     assert config["model"]["optimizer"]["class_path"] == "torch.optim.SGD" and "num_training" not in config
+    workdir = tmp_path / "workdir"
+    workdir.mkdir()
+    monkeypatch.chdir(workdir)
     fit = main(["fit", "--config", str(output), "--trainer.fast_dev_run=1", "--test_after_fit=false"])
     assert fit.model.optimizers().param_groups[0]["lr"] == suggestion
+    assert not list(workdir.iterdir()), "fast_dev_run writes no checkpoints/last.ckpt into the working folder"
 
 
 def test_suggestion_is_the_steepest_fall_per_decade_of_lr() -> None:
