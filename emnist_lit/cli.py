@@ -20,6 +20,7 @@ from emnist_lit.checkpoints import check_charset, check_ckpt_path, check_resume_
 from emnist_lit.data import EMNISTDataModule
 from emnist_lit.errors import USER_ERRORS, CheckpointError, EMNISTConfigError
 from emnist_lit.export import load_bundle_weights, read_bundle
+from emnist_lit.inference import InferenceSetup
 from emnist_lit.module import EMNISTClassifier
 from emnist_lit.prediction import CharacterWriter, LineWriter
 from emnist_lit.trainer import EMNISTTrainer
@@ -59,6 +60,7 @@ class EMNISTCLI(LightningCLI):
         parser.add_lightning_class_args(TestReport, "test_report")
         parser.add_lightning_class_args(CharacterWriter, "prediction")
         parser.add_lightning_class_args(LineWriter, "reading")
+        parser.add_lightning_class_args(InferenceSetup, "inference")
         parser.add_argument("--output", type=str | None, default=None, help="predict, read: CSV file of results")
         parser.link_arguments("output", "prediction.output")
         parser.link_arguments("output", "reading.output")
