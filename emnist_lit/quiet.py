@@ -20,7 +20,10 @@ NOISY_WARNINGS = (
 LIBRARY_MODULES = r"(lightning|lightning_fabric|pytorch_lightning|torchmetrics)(\..*)?$"
 """Deprecation warnings raised inside these libraries are about their own code, which no user can change."""
 
-TRAINING_STATE_WARNINGS = (r"The dirpath has changed from .*",)
+TRAINING_STATE_WARNINGS = (
+    r"The dirpath has changed from .*",
+    r"Be aware that when using `ckpt_path`, callbacks used to create the checkpoint need to be provided.*",
+)
 """Warnings about restoring a checkpoint's training bookkeeping (ModelCheckpoint's folder and scores), which only
 `fit` uses: validate, test and predict read the weights alone."""
 
