@@ -8,6 +8,9 @@ from torch.utils.data import DataLoader, Dataset
 from emnist_lit.images import READ_ERRORS, open_image
 from emnist_lit.segment import segment_line
 
+SEVERAL_LINES = "several lines"
+"""Marks a readable photo whose ink lies in more than one line: its reading is never trusted."""
+
 
 class LinePhotoFiles(Dataset):
     """Photos of one handwritten line each, decoded and cut into characters in DataLoader workers. A file that cannot
@@ -26,17 +29,19 @@ class LinePhotoFiles(Dataset):
             image = open_image(path)
         except READ_ERRORS as err:
             return None, path, str(err) or type(err).__name__
-        return segment_line(image, expected_count=self.expected_count).characters, path, None
+        segmentation = segment_line(image, expected_count=self.expected_count)
+        return segmentation.characters, path, "" if not segmentation.several_lines else SEVERAL_LINES
 
 
 def collate_lines(items: list[tuple[torch.Tensor | None, str, str | None]]) -> tuple:
     """All characters of the readable photos in one tensor, with each photo's count, so the model classifies the
     whole batch at once; (path, reason) of the others for the writer to report."""
     good = [(characters, path) for characters, path, error in items if characters is not None]
+    several = [error == SEVERAL_LINES for characters, _, error in items if characters is not None]
     characters = torch.cat([c for c, _ in good]) if good else torch.empty(0, 1, 28, 28)
     counts = [len(c) for c, _ in good]
     failures = [(path, error) for characters, path, error in items if characters is None]
-    return characters, [path for _, path in good], failures, counts
+    return characters, [path for _, path in good], failures, counts, several
 
 
 def line_photo_loader(paths: list[str], expected_count: int | None, photos_per_batch: int, workers: int) -> DataLoader:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,7 +17,32 @@ from emnist_lit.atomic import write_atomically
 from emnist_lit.vin import DEFAULT_MIN_CONFIDENCE, STATUS_UNVERIFIED, VIN_LENGTH, Reading, decode_text, decode_vins
 
 
-class CharacterWriter(BasePredictionWriter):
+class FileResultWriter(BasePredictionWriter):
+    """What `predict` and `read` share: one row per readable file, each unreadable one named on stderr as its batch
+    arrives, and at the end the CSV (all rows or none) and how many files failed."""
+
+    def __init__(self, output: str | None, csv_header: list[str]) -> None:
+        super().__init__(write_interval="batch")
+        self.output, self.csv_header = output, csv_header
+        self.rows: list[list[str]] = []
+        self.failed: list[str] = []
+
+    def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.rows, self.failed = [], []
+
+    def report_failures(self, failures: list[tuple[str, str]]) -> None:
+        for path, reason in failures:
+            print(f"error: {path}: {reason}", file=sys.stderr, flush=True)
+            self.failed.append(path)
+
+    def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.output:
+            write_csv(self.output, self.csv_header, self.rows)
+        if self.failed:
+            print(f"{len(self.failed)} of {len(self.failed) + len(self.rows)} files failed", file=sys.stderr)
+
+
+class CharacterWriter(FileResultWriter):
     """Prints `ASCII_CODE, PATH` per image as the VIN reference's inference did, reports unreadable files on
     stderr, and optionally writes a CSV with confidence and top-3 once every batch is done."""
 
@@ -26,13 +52,8 @@ class CharacterWriter(BasePredictionWriter):
             output: CSV file to write (`path,char,ascii,confidence,top3`); nothing is written when unset.
             top_k: how many candidates the CSV's top column lists.
         """
-        super().__init__(write_interval="batch")
-        self.output, self.top_k = output, top_k
-        self.rows: list[list[str]] = []
-        self.failed: list[str] = []
-
-    def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self.rows, self.failed = [], []
+        super().__init__(output, ["path", "char", "ascii", "confidence", f"top{top_k}"])
+        self.top_k = top_k
 
     def write_on_batch_end(
         self,
@@ -45,9 +66,7 @@ class CharacterWriter(BasePredictionWriter):
         dataloader_idx: int,
     ) -> None:
         _, paths, failures = batch
-        for path, reason in failures:
-            print(f"error: {path}: {reason}", file=sys.stderr, flush=True)
-            self.failed.append(path)
+        self.report_failures(failures)
         classes = pl_module.classes
         top = prediction.float().topk(min(self.top_k, prediction.shape[1]), dim=1)
         for path, probs, indices in zip(paths, top.values.tolist(), top.indices.tolist(), strict=True):
@@ -55,12 +74,6 @@ class CharacterWriter(BasePredictionWriter):
             print(f"{ord(char)}, {path}", flush=True)
             candidates = " ".join(f"{classes[i]}:{p:.4f}" for i, p in zip(indices, probs, strict=True))
             self.rows.append([path, char, str(ord(char)), f"{probs[0]:.6f}", candidates])
-
-    def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self.output:
-            write_csv(self.output, ["path", "char", "ascii", "confidence", f"top{self.top_k}"], self.rows)
-        if self.failed:
-            print(f"{len(self.failed)} of {len(self.failed) + len(self.rows)} files failed", file=sys.stderr)
 
 
 def write_csv(path: str | Path, header: list[str], rows: list[list[str]]) -> None:
@@ -75,7 +88,7 @@ def write_csv(path: str | Path, header: list[str], rows: list[list[str]]) -> Non
     write_atomically(path, write)
 
 
-class LineWriter(BasePredictionWriter):
+class LineWriter(FileResultWriter):
     """Prints `TEXT, PATH` per photo of a handwritten line, decoding its characters' probabilities as a VIN (check
     digit and position rules, status `valid`, `corrected` or `unverified`) or as free text; unreadable files are
     named on stderr; the CSV holds the status, the confidence and each character's top alternatives."""
@@ -96,27 +109,26 @@ class LineWriter(BasePredictionWriter):
             min_confidence: below this probability of being right, a reading is `unverified`.
             top_k: alternatives listed per character in the CSV.
         """
-        super().__init__(write_interval="batch")
+        super().__init__(output, ["path", "text", "status", "confidence", "characters", f"top{top_k}_per_character"])
         if not 0.0 <= min_confidence <= 1.0:
             raise ValueError(f"min_confidence {min_confidence}: must be between 0 and 1")
-        self.output, self.format, self.check_digit = output, format, check_digit
+        self.format, self.check_digit = format, check_digit
         self.min_confidence, self.top_k = min_confidence, top_k
-        self.rows: list[list[str]] = []
-        self.failed: list[str] = []
 
     @property
     def expected_count(self) -> int | None:
         """How many characters the segmenter should find on each photo."""
         return VIN_LENGTH if self.format == "vin" else None
 
-    def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self.rows, self.failed = [], []
-
-    def decode(self, probs: torch.Tensor, counts: list[int], classes: str) -> list[Reading]:
-        """One reading per photo; VINs of 17 characters are decoded together, in one call."""
+    def decode(
+        self, probs: torch.Tensor, counts: list[int], classes: str, several_lines: list[bool] | None = None
+    ) -> list[Reading]:
+        """One reading per photo; VINs of 17 characters are decoded together, in one call. A photo of several
+        lines of writing is `unverified` whatever its characters say."""
         per_photo = probs.float().cpu().split(counts)
         if self.format == "text":
-            return [decode_text(p, classes, self.min_confidence, self.top_k) for p in per_photo]
+            readings = [decode_text(p, classes, self.min_confidence, self.top_k) for p in per_photo]
+            return self._distrust(readings, several_lines)
         readings: list[Reading | None] = [None] * len(per_photo)
         full = [i for i, p in enumerate(per_photo) if len(p) == VIN_LENGTH]
         if full:
@@ -127,7 +139,14 @@ class LineWriter(BasePredictionWriter):
         for i, p in enumerate(per_photo):
             if readings[i] is None:
                 readings[i] = Reading("".join(classes[j] for j in p.argmax(1).tolist()), STATUS_UNVERIFIED, 0.0, ())
-        return readings  # type: ignore[return-value]
+        return self._distrust(readings, several_lines)  # type: ignore[arg-type]
+
+    @staticmethod
+    def _distrust(readings: list[Reading], several_lines: list[bool] | None) -> list[Reading]:
+        return [
+            replace(reading, status=STATUS_UNVERIFIED, confidence=0.0) if several else reading
+            for reading, several in zip(readings, several_lines or [False] * len(readings), strict=True)
+        ]
 
     def write_on_batch_end(
         self,
@@ -135,15 +154,15 @@ class LineWriter(BasePredictionWriter):
         pl_module: LightningModule,
         prediction: torch.Tensor,
         batch_indices: Any,
-        batch: tuple[torch.Tensor, list[str], list[tuple[str, str]], list[int]],
+        batch: tuple[torch.Tensor, list[str], list[tuple[str, str]], list[int], list[bool]],
         batch_idx: int,
         dataloader_idx: int,
     ) -> None:
-        _, paths, failures, counts = batch
-        for path, reason in failures:
-            print(f"error: {path}: {reason}", file=sys.stderr, flush=True)
-            self.failed.append(path)
-        for path, count, reading in zip(paths, counts, self.decode(prediction, counts, pl_module.classes), strict=True):
+        _, paths, failures, counts, several_lines = batch
+        self.report_failures(failures)
+        for path, count, reading in zip(
+            paths, counts, self.decode(prediction, counts, pl_module.classes, several_lines), strict=True
+        ):
             print(f"{reading.text}, {path}", flush=True)
             alternatives = " | ".join(
                 " ".join(f"{c}:{p:.4f}" for c, p in position) for position in reading.alternatives
@@ -151,10 +170,3 @@ class LineWriter(BasePredictionWriter):
             self.rows.append(
                 [path, reading.text, reading.status, f"{reading.confidence:.6f}", str(count), alternatives]
             )
-
-    def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self.output:
-            header = ["path", "text", "status", "confidence", "characters", f"top{self.top_k}_per_character"]
-            write_csv(self.output, header, self.rows)
-        if self.failed:
-            print(f"{len(self.failed)} of {len(self.failed) + len(self.rows)} files failed", file=sys.stderr)

@@ -31,6 +31,8 @@ class Segmentation:
     characters: torch.Tensor = field(default_factory=lambda: torch.empty(0, 1, 28, 28))
     boxes: list[Box] = field(default_factory=list)
     note: str = ""
+    several_lines: bool = False
+    """Ink in two or more bands with a blank gap between them: no reading of it can be trusted as one line."""
 
     def __len__(self) -> int:
         return len(self.boxes)
@@ -279,6 +281,18 @@ def _drop_specks(pieces: list[_Piece]) -> tuple[list[_Piece], float]:
     band_bottom = np.median([p.bottom for p in big])
     kept = [p for p in kept if _overlap(p.top, p.bottom, band_top, band_bottom) > 0 or p.area >= 0.5 * typical_area]
     return kept, char_height
+
+
+def _ink_bands(pieces: list[_Piece], char_height: float) -> int:
+    """How many horizontal bands of writing the pieces form: their vertical extents merged wherever they overlap or
+    lie closer than a third of a character, bands shorter than half a character ignored."""
+    bands: list[list[int]] = []
+    for piece in sorted(pieces, key=lambda p: p.top):
+        if bands and piece.top <= bands[-1][1] + char_height / 3:
+            bands[-1][1] = max(bands[-1][1], piece.bottom)
+        else:
+            bands.append([piece.top, piece.bottom])
+    return sum(bottom - top >= char_height / 2 for top, bottom in bands)
 
 
 def _attach_small(pieces: list[_Piece], char_height: float) -> list[_Piece]:
@@ -675,6 +689,9 @@ def _segment(image: Image.Image, expected_count: int | None, max_side: int, read
         return Segmentation(note="blank: nothing but box lines")
     notes = ["more ink blobs than a line holds"] if len(pieces) == MAX_COMPONENTS else []
     pieces, char_height = _drop_specks(pieces)
+    several_lines = _ink_bands(pieces, char_height) > 1
+    if several_lines:
+        notes.append("more than one line of writing")
     pieces = _merge_stacked(_attach_small(pieces, char_height))
     prepared: dict[tuple, torch.Tensor | None] = {}
 
@@ -721,4 +738,4 @@ def _segment(image: Image.Image, expected_count: int | None, max_side: int, read
             )
         )
     stacked = torch.stack(characters) if characters else torch.empty(0, 1, 28, 28)
-    return Segmentation(characters=stacked, boxes=boxes, note="; ".join(notes))
+    return Segmentation(characters=stacked, boxes=boxes, note="; ".join(notes), several_lines=several_lines)

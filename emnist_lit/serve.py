@@ -240,10 +240,10 @@ def line_reader(model: EMNISTClassifier, reading: LineWriter) -> LineReader:
 
     def read_line(gray: torch.Tensor) -> dict[str, Any]:
         image = Image.fromarray((gray.clamp(0, 1) * 255).round().to(torch.uint8).numpy(), mode="L")
-        characters = segment_line(image, expected_count=reading.expected_count).characters
+        segmentation = segment_line(image, expected_count=reading.expected_count)
         with torch.inference_mode():
-            probs = model.predict_step((characters,), 0)
-        result = reading.decode(probs, [len(characters)], model.classes)[0]
+            probs = model.predict_step((segmentation.characters,), 0)
+        result = reading.decode(probs, [len(segmentation)], model.classes, [segmentation.several_lines])[0]
         alternatives = [[[char, prob] for char, prob in position] for position in result.alternatives]
         return {
             "text": result.text,

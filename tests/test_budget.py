@@ -64,11 +64,10 @@ class FakeClock(Callback):
 def test_budget_limited_run_ends_at_the_schedules_final_lr_and_validates_its_final_weights(
     emnist_root: Path, tmp_path: Path
 ) -> None:
-    budget_steps = 7  # 3 batches an epoch: the budget runs out in the middle of the third epoch
+    budget_steps = 7  # 3 full batches of 250 an epoch (759 images): the budget runs out in the third epoch
     # 10 epochs (30 steps) only bound a broken budget; the schedule follows the budget, the further of the two
-    cli = build_cli(
-        quiet_args(emnist_root, tmp_path, f"--time_budget.minutes={budget_steps / 60}", "--trainer.max_epochs=10")
-    )
+    budget = f"--time_budget.minutes={budget_steps / 60}"
+    cli = build_cli(quiet_args(emnist_root, tmp_path, budget, "--trainer.max_epochs=10", "--data.batch_size=250"))
     clock = FakeClock()
     budget = next(c for c in cli.trainer.callbacks if isinstance(c, TimeBudget))
     budget.clock = clock
