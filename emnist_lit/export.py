@@ -35,6 +35,7 @@ def describe(model: EMNISTClassifier) -> dict[str, Any]:
         "input": {"shape": [None, 1, 28, 28], "range": [0.0, 1.0], "layout": "upright, light ink on dark"},
         "normalization": {"mean": model.input_mean.item(), "std": model.input_std.item()},
         "output": "logits",
+        "temperature": model.temperature.item(),
         "hparams": hparams,
     }
 
@@ -106,6 +107,8 @@ def load_bundle_weights(model: nn.Module, bundle_dir: str | Path) -> None:
         tensors = load_file(str(path), device="cpu")
     except Exception as err:  # safetensors raises its own error types for truncated or foreign files
         raise CheckpointError(f"bundle {path}: truncated or not a safetensors file ({err})") from err
+    if "temperature" in model.state_dict():
+        tensors.setdefault("temperature", torch.tensor(1.0))  # bundles exported before calibration: the plain softmax
     try:
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as err:
