@@ -16,7 +16,8 @@ from PIL import Image, ImageFilter
 
 from emnist_lit.atomic import write_atomically
 from emnist_lit.charsets import VIN_CHARSET
-from emnist_lit.segment import rotate_about_centre
+from emnist_lit.line_ink import rotate_about_centre
+from emnist_lit.vin import CHECK_POSITION, MODEL_YEAR_POSITION, VIN_LENGTH, vin_allowed_characters, vin_check_character
 
 LineStyle = Literal["free", "tight", "boxed"]
 """free: uneven gaps, size and baseline; tight: neighbours touching or overlapping; boxed: one printed box each."""
@@ -26,32 +27,14 @@ LINE_STYLES: tuple[LineStyle, ...] = get_args(LineStyle)
 Box = tuple[int, int, int, int]
 """(left, top, right, bottom) in pixels, right and bottom exclusive."""
 
-_VIN_VALUES = {
-    **{str(d): d for d in range(10)},
-    **dict(zip("ABCDEFGH", range(1, 9), strict=True)),
-    **dict(zip("JKLMN", range(1, 6), strict=True)),
-    "P": 7,
-    "R": 9,
-    **dict(zip("STUVWXYZ", range(2, 10), strict=True)),
-}
-_VIN_WEIGHTS = (8, 7, 6, 5, 4, 3, 2, 10, 0, 9, 8, 7, 6, 5, 4, 3, 2)
-
-
-def _vin_check_character(vin: str) -> str:
-    """Position 9's check character of a 17-character VIN (ISO 3779 / 49 CFR 565). Private stand-in until the
-    generator uses emnist_lit.vin's decoder."""
-    total = sum(_VIN_VALUES[char] * weight for char, weight in zip(vin, _VIN_WEIGHTS, strict=True))
-    return "X" if total % 11 == 10 else str(total % 11)
-
 
 def random_vin(rng: np.random.Generator) -> str:
     """A VIN that passes its check character: 17 characters of VIN_CHARSET, the model year (position 10) never
     U, Z or 0."""
-    chars = [VIN_CHARSET[i] for i in rng.integers(0, len(VIN_CHARSET), 17)]
-    year_chars = [c for c in VIN_CHARSET if c not in "UZ0"]
-    chars[9] = year_chars[rng.integers(0, len(year_chars))]
-    chars[8] = "0"
-    chars[8] = _vin_check_character("".join(chars))
+    chars = [VIN_CHARSET[i] for i in rng.integers(0, len(VIN_CHARSET), VIN_LENGTH)]
+    year_chars = vin_allowed_characters(MODEL_YEAR_POSITION)
+    chars[MODEL_YEAR_POSITION] = year_chars[rng.integers(0, len(year_chars))]
+    chars[CHECK_POSITION] = vin_check_character("".join(chars))
     return "".join(chars)
 
 
