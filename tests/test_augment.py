@@ -157,3 +157,16 @@ def test_plain_copy_is_left_unaugmented(emnist_root: Path) -> None:
     assert augment.float().mean() == pytest.approx(0.5, abs=0.01)
     torch.testing.assert_close(images[~augment], plain[~augment])
     assert not torch.allclose(images[augment], plain[augment])
+
+
+def test_a_wide_line_is_slanted_by_the_shear_angle_in_pixels() -> None:
+    """affine_grid's coordinates run -1..1 along each side; taken as they are, a 10-degree shear of a 28 x 280 line
+    would move its top row ten times as far as the angle says."""
+    line = torch.zeros(32, 1, 28, 280)
+    line[:, :, :, 139:141] = 1.0  # one upright stroke in the middle
+    slanted = random_affine(line, degrees=0, translate=0, shear=10, generator=torch.Generator().manual_seed(0))
+    top = (slanted[:, 0, 2] * torch.arange(280)).sum(1) / slanted[:, 0, 2].sum(1)
+    bottom = (slanted[:, 0, 25] * torch.arange(280)).sum(1) / slanted[:, 0, 25].sum(1)
+    drift = (top - bottom).abs()
+    assert drift.max() <= 23 * math.tan(math.radians(10)) + 0.5
+    assert drift.max() >= 2.0, "the shear was not applied"
