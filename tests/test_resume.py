@@ -34,8 +34,13 @@ class PauseAtStep(Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
         if trainer.global_step == self.step:
+            # SIGTERM is held back until we wait for it: a signal landing between the print and a plain
+            # signal.pause() would leave the child paused for ever. Then it is raised again for Lightning's handler.
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
             print(f"PAUSED at step {trainer.global_step}", flush=True)
-            signal.pause()
+            signal.sigwait({signal.SIGTERM})
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+            signal.raise_signal(signal.SIGTERM)
 
 
 class ReportEnd(Callback):
