@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 EXTRAS ?= dev,export$(if $(shell command -v chromium),$(comma)browser)
 comma := ,
 
-.PHONY: help install fit validate test test-fast lr-find tensorboard bench bench-predict lint format clean
+.PHONY: help install fit validate test test-fast lr-find tensorboard bench bench-predict bench-read lint format clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -54,6 +54,10 @@ bench: install ## training images/s: a per-sample PIL data path against the batc
 bench-predict: install ## predict images/s: batched against one image at a time, on 2,000 PNGs
 	$(BIN)/python scripts/bench_predict.py --data-root $(DATA_ROOT) $(ARGS)
 
+bench-read: install ## read 210 generated VIN photos: exact VIN, silently wrong, statuses, photos/s (CKPT=...)
+	$(BIN)/python scripts/bench_read.py --data-root $(DATA_ROOT) \
+		$(if $(filter command line environment,$(origin CKPT)),--ckpt-path $(CKPT)) $(ARGS)
+
 lint: install ## ruff check and format check
 	$(BIN)/ruff check emnist_lit tests scripts
 	$(BIN)/ruff format --check emnist_lit tests scripts
@@ -71,13 +75,13 @@ CKPT ?= $(shell ls -t logs/*/version_*/checkpoints/epoch*.ckpt 2>/dev/null | hea
 CHROMIUM ?= $(or $(shell command -v chromium),/usr/bin/chromium)
 .PHONY: demo test-browser
 
-demo: install
+demo: install ## the demo page for CKPT (default: the newest make fit checkpoint) at http://127.0.0.1:7860/
 	@test -n "$(CKPT)" || { echo "no checkpoint: run make fit first, or make demo CKPT=path/to/file.ckpt"; exit 2; }
 	$(BIN)/python -c "import starlette, uvicorn" 2>/dev/null || $(BIN)/python -m pip install --quiet -e ".[demo]"
 	$(BIN)/python -m emnist_lit serve --ckpt_path $(CKPT) $(ARGS)
 
 # The demo page in a real headless Chromium; installs Chromium (Debian's package, as root) and Playwright first
-test-browser: install
+test-browser: install ## the demo page's tests in headless Chromium (installs Chromium and Playwright first)
 	@test -x $(CHROMIUM) || { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		apt-get update -qq && apt-get install -y -qq chromium; \
 		else echo "no Chromium at $(CHROMIUM): install it (sudo apt-get install chromium) or pass CHROMIUM=PATH"; exit 2; fi; }
