@@ -28,14 +28,18 @@ TRAINING_STATE_WARNINGS = (
 `fit` uses: validate, test and predict read the weights alone."""
 
 
+def _library_chatter(level: int, action: str) -> None:
+    for name in CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(level)
+    for message in NOISY_WARNINGS:
+        warnings.filterwarnings(action, message=message)
+    for category in (DeprecationWarning, FutureWarning):
+        warnings.filterwarnings(action, category=category, module=LIBRARY_MODULES)
+
+
 def silence_library_chatter() -> None:
     """Raise Lightning's loggers to WARNING and drop the warnings above; nothing of the project's own is hidden."""
-    for name in CHATTY_LOGGERS:
-        logging.getLogger(name).setLevel(logging.WARNING)
-    for message in NOISY_WARNINGS:
-        warnings.filterwarnings("ignore", message=message)
-    for category in (DeprecationWarning, FutureWarning):
-        warnings.filterwarnings("ignore", category=category, module=LIBRARY_MODULES)
+    _library_chatter(logging.WARNING, "ignore")
 
 
 def silence_training_state_warnings() -> None:
@@ -46,9 +50,4 @@ def silence_training_state_warnings() -> None:
 
 def restore_library_chatter() -> None:
     """`--verbose`: let Lightning say everything it says by default."""
-    for name in CHATTY_LOGGERS:
-        logging.getLogger(name).setLevel(logging.INFO)
-    for message in NOISY_WARNINGS:
-        warnings.filterwarnings("default", message=message)
-    for category in (DeprecationWarning, FutureWarning):
-        warnings.filterwarnings("default", category=category, module=LIBRARY_MODULES)
+    _library_chatter(logging.INFO, "default")
