@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import signal
-from typing import Any, Literal
+import textwrap
+from typing import Any, Literal, NoReturn
 
 import yaml
 from jsonargparse import ActionYesNo
-from lightning.pytorch import Trainer
+from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -25,8 +27,43 @@ from emnist_lit.module import EMNISTClassifier
 from emnist_lit.prediction import CharacterWriter, LineWriter
 from emnist_lit.trainer import EMNISTTrainer
 
+DEFAULT_MODEL = "emnist_lit.module.EMNISTClassifier"
+DEFAULT_DATA = "emnist_lit.data.EMNISTDataModule"
+"""What a config trains when it names no `class_path`: the character classifier on EMNIST characters. A line model
+names its own (`emnist_lit.line_module.LineRecognizer`, `emnist_lit.data.lines.LineDataModule`)."""
+
 PROGRESS_REFRESH_STEPS = 20
 """How often the default progress bar redraws: each redraw reads the loss back from the GPU, a stall per step."""
+
+
+_UNION_ERROR = re.compile(
+    r'^Parser key "(?P<key>[^"]+)":\n\s+Does not validate against any of the Union subtypes\n.*?'
+    r"\n(?P<indent> +)- Problem with given class_path '(?P<cls>[^']+)':\n(?P<inner>.*?)\n(?P=indent)- ",
+    re.DOTALL,
+)
+
+
+def concise_error(message: str) -> str:
+    """jsonargparse's error for a bad value of a config's model or data, without the union it was tried against:
+    `Parser key "data.batch_size": Expected a <class 'int'>. Got value: many` rather than a dozen lines naming every
+    class the section could have been. Other messages pass unchanged. (The wording matched here is jsonargparse's;
+    the bad-config tests fail if it changes.)"""
+    found = _UNION_ERROR.match(message)
+    if not found:
+        return message
+    key, inner = found["key"], textwrap.dedent(found["inner"]).strip()
+    if nested := re.match(r'Parser key "([^"]+)":\n', inner):
+        return f'Parser key "{key}.{nested[1]}":\n' + textwrap.indent(textwrap.dedent(inner[nested.end() :]), "  ")
+    if option := re.fullmatch(r"Option '([^']+)' is not accepted", inner):
+        return f"Option '{key}.{option[1]}' is not accepted by {found['cls']}"
+    return f'Parser key "{key}" ({found["cls"]}):\n' + textwrap.indent(inner, "  ")
+
+
+class ConciseErrorParser(LightningArgumentParser):
+    """LightningCLI's parser, with `concise_error`'s messages."""
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        super().error(concise_error(message), ex)
 
 
 class EMNISTCLI(LightningCLI):
@@ -43,7 +80,9 @@ class EMNISTCLI(LightningCLI):
         return {**commands, **{name: {"model", "datamodule"} for name in extra}}
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.link_arguments("data.classes", "model.classes", apply_on="instantiate")
+        # a config without class_paths trains the character classifier; a line model names its classes
+        parser.set_defaults({"model": {"class_path": DEFAULT_MODEL}, "data": {"class_path": DEFAULT_DATA}})
+        parser.link_arguments("data.classes", "model.init_args.classes", apply_on="instantiate")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults(
             {
@@ -89,9 +128,10 @@ class EMNISTCLI(LightningCLI):
             checkpoint = check_ckpt_path(config.get("ckpt_path"))
             classes = (checkpoint or {}).get("hyper_parameters", {}).get("classes")
             if subcommand in ("predict", "read", "serve") and isinstance(classes, str):  # the charset sets the classes
-                self.config = self.parser.parse_object({subcommand: {"data": {"charset": classes}}}, self.config)
+                data = {"init_args": {"charset": classes}}
+                self.config = self.parser.parse_object({subcommand: {"data": data}}, self.config)
             elif checkpoint is not None and subcommand in ("validate", "test"):
-                check_charset(config.ckpt_path, checkpoint, config.data.charset)
+                check_charset(config.ckpt_path, checkpoint, config.data.init_args.charset)
             if subcommand == "fit":
                 check_resume_folder(config.get("ckpt_path"), config.checkpoint.dirpath, config.trainer.logger)
             if bundle := self.config[subcommand].get("bundle"):
@@ -99,7 +139,8 @@ class EMNISTCLI(LightningCLI):
                     raise CheckpointError(f"bundle {bundle}: use --bundle with predict, instead of --ckpt_path")
                 info = read_bundle(bundle)
                 hparams = {k: v for k, v in info["hparams"].items() if k != "classes"}
-                overrides = {subcommand: {"model": hparams, "data": {"charset": info["classes"]}}}
+                model, data = {"init_args": hparams}, {"init_args": {"charset": info["classes"]}}
+                overrides = {subcommand: {"model": model, "data": data}}
                 self.config = self.parser.parse_object(overrides, self.config)
         super()._parse_ckpt_path()
 
@@ -135,8 +176,20 @@ class EMNISTCLI(LightningCLI):
                 "processes "
                 "(--trainer.devices, --trainer.num_nodes); pass --trainer.devices=1"
             )
+        if self.subcommand == "predict":
+            self._require_character_model()
 
     before_read = before_predict
+
+    def before_export(self) -> None:
+        self._require_character_model()
+
+    def _require_character_model(self) -> None:
+        if not isinstance(self.model, EMNISTClassifier):
+            raise EMNISTConfigError(
+                f"{self.subcommand} works on single characters, but the checkpoint holds a "
+                f"{type(self.model).__name__}, which reads whole lines: use `read` with it"
+            )
 
     def after_instantiate_classes(self) -> None:
         if self.subcommand and (bundle := self.config[self.subcommand].get("bundle")):
@@ -162,9 +215,35 @@ class EMNISTCLI(LightningCLI):
         config = yaml.safe_load(self.parser.dump(self.config, format="yaml"))["lr_find"]
         for key in ("min_lr", "max_lr", "num_training", "output_config", "config"):
             config.pop(key, None)
-        config["model"]["optimizer"].setdefault("init_args", {})["lr"] = float(suggestion)
+        config["model"]["init_args"]["optimizer"].setdefault("init_args", {})["lr"] = float(suggestion)
         write_atomically(output, lambda tmp: tmp.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8"))
         print(f"config with lr={suggestion:.3g} written to {output}")
+
+
+def user_error_cause(err: BaseException) -> BaseException | None:
+    """The project's own error (USER_ERRORS) among the exceptions `err` was raised from, if any."""
+    cause: BaseException | None = err
+    while cause is not None and not isinstance(cause, USER_ERRORS):
+        cause = cause.__cause__
+    return cause
+
+
+def build_cli(args: list[str] | None = None, run: bool = True, **kwargs: Any) -> EMNISTCLI:
+    """The project's LightningCLI: any LightningModule and EMNIST datamodule a config names (the character
+    classifier on EMNIST characters when it names none), the project's Trainer, seed 42 by default."""
+    return EMNISTCLI(
+        LightningModule,
+        EMNISTDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        parser_class=ConciseErrorParser,
+        trainer_class=EMNISTTrainer,
+        seed_everything_default=42,
+        save_config_kwargs={"overwrite": True},
+        args=args,
+        run=run,
+        **kwargs,
+    )
 
 
 def main(args: list[str] | None = None) -> EMNISTCLI:
@@ -172,15 +251,12 @@ def main(args: list[str] | None = None) -> EMNISTCLI:
     `error: ...` line rather than a traceback, and a SIGTERM'd fit exits 143 like a killed process."""
     quiet.silence_library_chatter()
     try:
-        return EMNISTCLI(
-            EMNISTClassifier,
-            EMNISTDataModule,
-            trainer_class=EMNISTTrainer,
-            seed_everything_default=42,
-            save_config_kwargs={"overwrite": True},
-            args=args,
-        )
+        return build_cli(args)
     except USER_ERRORS as err:
         raise SystemExit(f"error: {err}") from None
+    except ValueError as err:  # jsonargparse raises what a class's __init__ refuses inside its own error
+        if (cause := user_error_cause(err)) is None:
+            raise
+        raise SystemExit(f"error: {cause}") from None
     except SIGTERMException:
         raise SystemExit(128 + signal.SIGTERM) from None

@@ -225,15 +225,23 @@ class EMNISTClassifier(L.LightningModule):
         return (self(images) / self.temperature).softmax(dim=1)
 
     def configure_optimizers(self) -> dict:
-        optimizer = self.optimizer(self.parameters())
-        if self.scheduler is None:
-            return {"optimizer": optimizer}
-        kwargs = {}
-        if getattr(self.scheduler, "keywords", {}).get("total_steps", 0) is None:
-            kwargs["total_steps"] = int(self.trainer.estimated_stepping_batches)
-        scheduler = {
-            "scheduler": self.scheduler(optimizer, **kwargs),
-            "monitor": self.hparams.scheduler_monitor,
-            "interval": self.hparams.scheduler_interval,
-        }
-        return {"optimizer": optimizer, "lr_scheduler": scheduler}
+        return optimizer_config(self, self.optimizer, self.scheduler)
+
+
+def optimizer_config(
+    module: L.LightningModule, optimizer: OptimizerCallable, scheduler: LRSchedulerCallable | None
+) -> dict:
+    """Lightning's optimizer dict from the config's callables; a scheduler with an unset `total_steps` (OneCycleLR)
+    gets the trainer's estimated step count, and watches `scheduler_monitor` every `scheduler_interval`."""
+    built = optimizer(module.parameters())
+    if scheduler is None:
+        return {"optimizer": built}
+    kwargs = {}
+    if getattr(scheduler, "keywords", {}).get("total_steps", 0) is None:
+        kwargs["total_steps"] = int(module.trainer.estimated_stepping_batches)
+    config = {
+        "scheduler": scheduler(built, **kwargs),
+        "monitor": module.hparams.scheduler_monitor,
+        "interval": module.hparams.scheduler_interval,
+    }
+    return {"optimizer": built, "lr_scheduler": config}

@@ -17,10 +17,7 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 
 from emnist_lit import quiet
-from emnist_lit.cli import EMNISTCLI
-from emnist_lit.data import EMNISTDataModule
-from emnist_lit.module import EMNISTClassifier
-from emnist_lit.trainer import EMNISTTrainer
+from emnist_lit.cli import build_cli
 
 
 class StepTimer(Callback):
@@ -47,14 +44,10 @@ def main() -> None:
     quiet.silence_library_chatter()
     quiet_args = ["--test_after_fit=false", "--trainer.logger=false", "--trainer.enable_progress_bar=false"]
     with tempfile.TemporaryDirectory() as scratch:  # checkpoints go here and are thrown away
-        EMNISTCLI(
-            EMNISTClassifier,
-            EMNISTDataModule,
-            trainer_class=EMNISTTrainer,
-            seed_everything_default=42,
+        build_cli(
+            ["fit", *fit_args, *quiet_args],
             trainer_defaults={"callbacks": [timer], "default_root_dir": scratch},
             save_config_callback=None,
-            args=["fit", *fit_args, *quiet_args],
         )
     ms = [s * 1000 for s in timer.seconds]
     print(

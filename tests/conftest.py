@@ -124,11 +124,11 @@ def fresh_emnist_root(tmp_path: Path) -> Path:
     return write_emnist(tmp_path / "emnist")
 
 
-def smoke_args(root: Path, logs: Path, *extra: str) -> list[str]:
-    """CLI arguments for a few quiet CPU steps of the smoke config on `root`, logging under `logs`."""
+def smoke_args(root: Path, logs: Path, *extra: str, config: str = "smoke.yaml") -> list[str]:
+    """CLI arguments for a few quiet CPU steps of a config (the smoke config) on `root`, logging under `logs`."""
     return [
         "--config",
-        str(REPO / "configs" / "smoke.yaml"),
+        str(REPO / "configs" / config),
         f"--data.root={root}",
         f"--trainer.logger.init_args.save_dir={logs}",
         "--trainer.enable_progress_bar=false",

@@ -14,10 +14,8 @@ from lightning.pytorch.callbacks import Callback
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from emnist_lit.budget import TimeBudget, one_cycle
-from emnist_lit.cli import EMNISTCLI, main
-from emnist_lit.data import SPLIT_FILES, EMNISTDataModule
-from emnist_lit.module import EMNISTClassifier
-from emnist_lit.trainer import EMNISTTrainer
+from emnist_lit.cli import EMNISTCLI, build_cli, main
+from emnist_lit.data import SPLIT_FILES
 
 FAST_VIN = str(REPO / "configs" / "fast_vin.yaml")
 
@@ -35,8 +33,8 @@ def quiet_args(root: Path, logs: Path, *extra: str) -> list[str]:
     ]
 
 
-def build_cli(args: list[str]) -> EMNISTCLI:
-    return EMNISTCLI(EMNISTClassifier, EMNISTDataModule, trainer_class=EMNISTTrainer, run=False, args=args)
+def cli_without_running(args: list[str]) -> EMNISTCLI:
+    return build_cli(args, run=False)
 
 
 class FakeClock(Callback):
@@ -67,7 +65,9 @@ def test_budget_limited_run_ends_at_the_schedules_final_lr_and_validates_its_fin
     budget_steps = 7  # 3 full batches of 250 an epoch (759 images): the budget runs out in the third epoch
     # 10 epochs (30 steps) only bound a broken budget; the schedule follows the budget, the further of the two
     budget = f"--time_budget.minutes={budget_steps / 60}"
-    cli = build_cli(quiet_args(emnist_root, tmp_path, budget, "--trainer.max_epochs=10", "--data.batch_size=250"))
+    cli = cli_without_running(
+        quiet_args(emnist_root, tmp_path, budget, "--trainer.max_epochs=10", "--data.batch_size=250")
+    )
     clock = FakeClock()
     budget = next(c for c in cli.trainer.callbacks if isinstance(c, TimeBudget))
     budget.clock = clock
@@ -144,7 +144,7 @@ class FeedLabels(Callback):
 def test_checkpoint_kept_is_the_best_balanced_val_accuracy_not_the_best_val_acc(tmp_path: Path) -> None:
     root = write_unbalanced_emnist(tmp_path / "emnist")
     args = quiet_args(root, tmp_path / "logs", "--trainer.max_epochs=2", "--trainer.limit_train_batches=2")
-    cli = build_cli(args)
+    cli = cli_without_running(args)
     # epoch 0: right on the 20 zeros only; epoch 1: right on 10 of the 32 other classes only
     net = ScriptedNet(33, plan=[{0}, set(range(1, 11))])
     cli.model.net = net

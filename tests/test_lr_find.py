@@ -33,8 +33,9 @@ def test_lr_find_saves_plot_prints_suggestion_and_writes_config(
     assert (Path(cli.trainer.log_dir) / "lr_find.png").stat().st_size > 1000
     assert f"suggested learning rate: {suggestion}" in capsys.readouterr().out
     config = yaml.safe_load(output.read_text())
-    assert config["model"]["optimizer"]["init_args"]["lr"] == suggestion
-    assert config["model"]["optimizer"]["class_path"] == "torch.optim.SGD" and "num_training" not in config
+    optimizer = config["model"]["init_args"]["optimizer"]
+    assert optimizer["init_args"]["lr"] == suggestion
+    assert optimizer["class_path"] == "torch.optim.SGD" and "num_training" not in config
     workdir = tmp_path / "workdir"
     workdir.mkdir()
     monkeypatch.chdir(workdir)

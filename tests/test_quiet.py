@@ -18,10 +18,8 @@ from test_predict import scan
 from test_robustness import Evil
 
 from emnist_lit.checkpoints import _describe_load_failure, load_checkpoint
-from emnist_lit.cli import EMNISTCLI
-from emnist_lit.data import EMNISTDataModule
+from emnist_lit.cli import build_cli
 from emnist_lit.errors import CheckpointError
-from emnist_lit.module import EMNISTClassifier
 
 
 def run_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -74,7 +72,7 @@ def test_verbose_brings_lightnings_lines_back(trained_checkpoint: Path, scans: P
     [([], False), (["--verbose"], True), (["--verbose=true"], True), (["--verbose", "false"], False)],
 )
 def test_verbose_is_a_flag_or_takes_a_value(flags: list[str], verbose: bool, emnist_root: Path) -> None:
-    cli = EMNISTCLI(EMNISTClassifier, EMNISTDataModule, run=False, args=[*flags, f"--data.root={emnist_root}"])
+    cli = build_cli([*flags, f"--data.root={emnist_root}"], run=False)
     assert cli.config.verbose is verbose
 
 

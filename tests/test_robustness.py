@@ -87,7 +87,7 @@ def test_truncated_checkpoint_is_refused_by_validate_and_test(
 @pytest.mark.parametrize(
     ("yaml_text", "error"),
     [
-        ("data:\n  charst: vin33\n", "error: Subcommand 'fit' does not accept option 'data.charst'"),
+        ("data:\n  charst: vin33\n", "error: Option 'data.charst' is not accepted by emnist_lit.data.EMNISTDataModule"),
         (
             "data:\n  batch_size: lots\n",
             "error: Parser key \"data.batch_size\":\n  Expected a <class 'int'>. Got value: lots",

@@ -20,10 +20,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score, MulticlassPrecision, MulticlassRecall
 
-from emnist_lit.cli import EMNISTCLI, main
+from emnist_lit.cli import EMNISTCLI, build_cli, main
 from emnist_lit.data import EMNISTDataModule, random_affine
 from emnist_lit.module import EMNISTClassifier, metric_suite
-from emnist_lit.trainer import EMNISTTrainer
 
 META = torch.device("meta")
 aten = torch.ops.aten
@@ -172,9 +171,7 @@ def test_the_metrics_counted_without_sync_equal_torchmetrics_own(per_class: bool
 
 
 def cli_without_running(*args: str) -> EMNISTCLI:
-    return EMNISTCLI(
-        EMNISTClassifier, EMNISTDataModule, trainer_class=EMNISTTrainer, run=False, args=["--config", *args]
-    )
+    return build_cli(["--config", *args], run=False)
 
 
 def test_the_default_progress_bar_reads_the_loss_every_20_steps_only(emnist_root: Path) -> None:
