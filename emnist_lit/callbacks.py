@@ -75,8 +75,10 @@ class TestReport(Callback):
         self.confused_pairs = confused_pairs
         self.per_class: MetricCollection | None = None  # sized and placed once the model's classes are known
         self.confusion: MulticlassConfusionMatrix | None = None
+        self.fed = False
 
     def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.fed = False
         n = len(pl_module.classes)
         self.per_class = metric_suite(n, per_class=True).to(pl_module.device)
         self.confusion = MulticlassConfusionMatrix(n).to(pl_module.device)
@@ -91,12 +93,17 @@ class TestReport(Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
+        if outputs is None:  # a test step without logits (a line model's reads strings): nothing to report
+            return
+        self.fed = True
         images, labels = batch
         self.per_class.update(outputs, labels)
         self.confusion.update(outputs, labels)
         self.mistakes.update(images, outputs, labels)
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self.fed:
+            return
         per_class = {name: value.cpu() for name, value in self.per_class.compute().items()}
         confusion = self.confusion.compute().cpu()
         classes = pl_module.classes

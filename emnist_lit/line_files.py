@@ -1,15 +1,22 @@
-"""Photos of handwritten lines for `read`: decoded and cut into characters in DataLoader workers."""
+"""Photos of handwritten lines for `read`, decoded and prepared in DataLoader workers: cut into characters for a
+character model, or made into one line image for a line model."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from emnist_lit.data.lines import pad_lines
 from emnist_lit.images import READ_ERRORS, open_image
+from emnist_lit.line_ink import count_ink_bands, find_line_ink, to_line_image
 from emnist_lit.segment import segment_line
 
 SEVERAL_LINES = "several lines"
 """Marks a readable photo whose ink lies in more than one line: its reading is never trusted."""
+
+NO_INK = "no ink"
+"""Marks a readable photo with nothing a line model could read (blank, or nothing but box lines)."""
 
 
 class LinePhotoFiles(Dataset):
@@ -44,11 +51,53 @@ def collate_lines(items: list[tuple[torch.Tensor | None, str, str | None]]) -> t
     return characters, [path for _, path in good], failures, counts, several
 
 
-def line_photo_loader(paths: list[str], expected_count: int | None, photos_per_batch: int, workers: int) -> DataLoader:
-    """Batches of photos whose characters the model classifies together; workers decode and segment in parallel."""
-    return DataLoader(
-        LinePhotoFiles(paths, expected_count),
-        batch_size=photos_per_batch,
-        collate_fn=collate_lines,
-        num_workers=workers,
-    )
+class LineImageFiles(Dataset):
+    """Photos of one handwritten line each, decoded and made into a line model's input (`line_ink.to_line_image`) in
+    DataLoader workers. A file that cannot be decoded yields its reason; a photo without ink yields an empty image
+    marked NO_INK, one with several lines of writing is marked SEVERAL_LINES, for the writer to mark unverified."""
+
+    def __init__(self, paths: list[str]) -> None:
+        self.paths = paths
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray | None, str, str]:
+        path = self.paths[index]
+        try:
+            image = open_image(path)
+        except READ_ERRORS as err:
+            return None, path, str(err) or type(err).__name__
+        try:
+            found = find_line_ink(image)
+            if isinstance(found, str):
+                return np.zeros((28, 8), np.float32), path, NO_INK
+            return to_line_image(found), path, SEVERAL_LINES if count_ink_bands(found.binary) > 1 else ""
+        except Exception:  # one odd photo must not stop a batch; the writer marks it unverified
+            return np.zeros((28, 8), np.float32), path, NO_INK
+
+
+def collate_line_images(items: list[tuple[np.ndarray | None, str, str]]) -> tuple:
+    """The readable photos' line images padded into one batch with their frame counts; (path, reason) of the others."""
+    good = [(image, path, note) for image, path, note in items if image is not None]
+    failures = [(path, note) for image, path, note in items if image is None]
+    if good:
+        images, frames = pad_lines([image for image, _, _ in good])
+        images = images.unsqueeze(1)
+    else:
+        images, frames = torch.empty(0, 1, 28, 8), torch.empty(0, dtype=torch.long)
+    frames = torch.where(torch.tensor([note == NO_INK for _, _, note in good], dtype=torch.bool), 0, frames)
+    several = [note == SEVERAL_LINES for _, _, note in good]
+    return images, frames, [path for _, path, _ in good], failures, several
+
+
+def line_photo_loader(
+    paths: list[str], expected_count: int | None, photos_per_batch: int, workers: int, line_model: bool = False
+) -> DataLoader:
+    """Batches of photos the model reads together; workers decode and prepare them in parallel: each photo cut into
+    characters for a character model, or made into one line image for a line model."""
+    if line_model:
+        dataset, collate = LineImageFiles(paths), collate_line_images
+    else:
+        dataset, collate = LinePhotoFiles(paths, expected_count), collate_lines
+    return DataLoader(dataset, batch_size=photos_per_batch, collate_fn=collate, num_workers=workers)

@@ -227,3 +227,52 @@ def find_line_ink(image: Image.Image, max_side: int = 2048) -> LineInk | str:
     if not binary.any():
         return "blank: nothing but box lines"
     return LineInk(ink, binary, threshold, forward, scale)
+
+
+LINE_HEIGHT = 28
+"""Height of a line model's input: EMNIST's, so a character model's convolutions can start it."""
+
+TEXT_HEIGHT = 20
+"""Height the ink of a line is scaled to inside LINE_HEIGHT, as EMNIST centres a character's ink in its 28 pixels."""
+
+LINE_MARGIN = 4
+"""Blank columns left and right of the ink."""
+
+
+def count_ink_bands(binary: np.ndarray) -> int:
+    """How many lines of writing the ink holds: runs of inked rows, joined across gaps under a third of the tallest
+    run, counted when at least half as tall as it (a dot or a stray stroke is not a line)."""
+    profile = binary.sum(axis=1)
+    runs = _clusters(profile > max(2, 0.01 * profile.max()))
+    if not runs:
+        return 0
+    tallest = max(stop - start for start, stop in runs)
+    bands = [list(runs[0])]
+    for start, stop in runs[1:]:
+        if start - bands[-1][1] < tallest / 3:
+            bands[-1][1] = stop
+        else:
+            bands.append([start, stop])
+    return sum(stop - start >= tallest / 2 for start, stop in bands)
+
+
+def to_line_image(found: LineInk) -> np.ndarray:
+    """The line as a line model reads it: (LINE_HEIGHT, W) float in [0, 1], light ink on dark, cropped to the ink
+    (specks a twentieth of a typical blob or smaller dropped), scaled to TEXT_HEIGHT rows of ink, strokes scaled
+    so that half of their pixels saturate (EMNIST strokes are bright through their width)."""
+    labels, count = ndimage.label(found.binary, structure=np.ones((3, 3)))
+    areas = np.bincount(labels.ravel(), minlength=count + 1)[1:]
+    kept = np.concatenate([[False], areas > 0.05 * np.median(areas)])[labels]
+    rows, cols = np.flatnonzero(kept.any(axis=1)), np.flatnonzero(kept.any(axis=0))
+    top, bottom, left, right = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    mask = ndimage.binary_dilation(kept[top:bottom, left:right])
+    crop = np.where(mask, found.ink[top:bottom, left:right], 0.0)
+    core = crop[kept[top:bottom, left:right]]
+    strength = float(np.median(core)) if core.size else 1.0
+    crop = np.clip(crop / max(strength, 1e-3), 0.0, 1.0).astype(np.float32)
+    width = max(1, round(crop.shape[1] * TEXT_HEIGHT / crop.shape[0]))
+    resized = np.asarray(Image.fromarray(crop, mode="F").resize((width, TEXT_HEIGHT), Image.Resampling.BILINEAR))
+    line = np.zeros((LINE_HEIGHT, width + 2 * LINE_MARGIN), np.float32)
+    offset = (LINE_HEIGHT - TEXT_HEIGHT) // 2
+    line[offset : offset + TEXT_HEIGHT, LINE_MARGIN : LINE_MARGIN + width] = np.clip(resized, 0.0, 1.0)
+    return line

@@ -9,11 +9,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from emnist_lit.atomic import write_atomically
+from emnist_lit.ctc import best_path, character_tables
 from emnist_lit.vin import DEFAULT_MIN_CONFIDENCE, STATUS_UNVERIFIED, VIN_LENGTH, Reading, decode_text, decode_vins
 
 
@@ -148,21 +150,59 @@ class LineWriter(FileResultWriter):
             for reading, several in zip(readings, several_lines or [False] * len(readings), strict=True)
         ]
 
+    def decode_frames(
+        self, probs: torch.Tensor, frames: torch.Tensor, classes: str, several_lines: list[bool] | None = None
+    ) -> tuple[list[Reading], list[int]]:
+        """One reading per photo from a line model's per-frame probabilities (B, T, classes + 1), and how many
+        characters its best path holds. A VIN takes the per-character tables of the best alignment with 17
+        characters, so the check digit can weigh the model's doubts; it stays `unverified` when the line model's own
+        best path does not hold 17 characters. Free text takes the tables of the best path's characters."""
+        arrays = probs.float().cpu().numpy()
+        readings: list[Reading | None] = []
+        counts, vin_tables, vin_rows = [], [], []
+        for array, count in zip(arrays, frames.tolist(), strict=True):
+            characters, _ = best_path(array[:count]) if count else ([], [])
+            counts.append(len(characters))
+            length = VIN_LENGTH if self.format == "vin" else len(characters)
+            tables = character_tables(array[:count], length) if length else None
+            text = "".join(classes[i] for i in characters)
+            if tables is None:
+                readings.append(Reading(text, STATUS_UNVERIFIED, 0.0, ()))
+            elif self.format == "text":
+                readings.append(decode_text(tables, classes, self.min_confidence, self.top_k))
+            else:
+                readings.append(None)
+                vin_tables.append(tables)
+                vin_rows.append(len(readings) - 1)
+        if vin_tables:
+            decoded = decode_vins(np.stack(vin_tables), classes, self.check_digit, self.min_confidence, self.top_k)
+            for row, reading in zip(vin_rows, decoded, strict=True):
+                if counts[row] != VIN_LENGTH:
+                    reading = replace(reading, status=STATUS_UNVERIFIED, confidence=0.0)
+                readings[row] = reading
+        return self._distrust(readings, several_lines), counts  # type: ignore[arg-type]
+
     def write_on_batch_end(
         self,
         trainer: Trainer,
         pl_module: LightningModule,
-        prediction: torch.Tensor,
+        prediction: torch.Tensor | tuple[torch.Tensor, torch.Tensor],
         batch_indices: Any,
-        batch: tuple[torch.Tensor, list[str], list[tuple[str, str]], list[int], list[bool]],
+        batch: tuple,
         batch_idx: int,
         dataloader_idx: int,
     ) -> None:
-        _, paths, failures, counts, several_lines = batch
+        """Batches of a character model: (characters, paths, failures, counts, several lines), the prediction the
+        characters' probabilities; of a line model: (images, frames, paths, failures, several lines), the prediction
+        (per-frame probabilities, frames)."""
+        if isinstance(prediction, tuple):
+            _, _, paths, failures, several_lines = batch
+            readings, counts = self.decode_frames(*prediction, pl_module.classes, several_lines)
+        else:
+            _, paths, failures, counts, several_lines = batch
+            readings = self.decode(prediction, counts, pl_module.classes, several_lines)
         self.report_failures(failures)
-        for path, count, reading in zip(
-            paths, counts, self.decode(prediction, counts, pl_module.classes, several_lines), strict=True
-        ):
+        for path, count, reading in zip(paths, counts, readings, strict=True):
             print(f"{reading.text}, {path}", flush=True)
             alternatives = " | ".join(
                 " ".join(f"{c}:{p:.4f}" for c, p in position) for position in reading.alternatives

@@ -25,6 +25,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from emnist_lit.checkpoints import load_checkpoint
+from emnist_lit.errors import CheckpointError
 from emnist_lit.images import IMAGE_FORMATS, prepare_image, to_grayscale
 from emnist_lit.module import EMNISTClassifier
 from emnist_lit.prediction import LineWriter
@@ -61,6 +62,12 @@ def load_demo_model(ckpt_path: str | Path) -> tuple[EMNISTClassifier, dict[str, 
     """The model of a checkpoint, read as data (`weights_only`), in eval mode on the CPU, and what the page shows
     about it: file name, charset, backbone, and the accuracies the checkpoint stores."""
     checkpoint = load_checkpoint(ckpt_path)
+    kind = checkpoint.get("hyper_parameters", {}).get("_class_path", "emnist_lit.module.EMNISTClassifier")
+    if kind != "emnist_lit.module.EMNISTClassifier":
+        raise CheckpointError(
+            f"checkpoint {ckpt_path}: holds a {kind.rsplit('.', 1)[-1]}, but the demo page reads single characters "
+            "with a character model (EMNISTClassifier): pass a character model's checkpoint"
+        )
     model = EMNISTClassifier.load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True).eval()
     return model, checkpoint_info(Path(ckpt_path).name, checkpoint)
 

@@ -14,6 +14,7 @@ from emnist_lit.errors import EMNISTConfigError
 from emnist_lit.export import export_bundle
 from emnist_lit.images import list_images
 from emnist_lit.line_files import line_photo_loader
+from emnist_lit.line_module import LineRecognizer
 from emnist_lit.prediction import LineWriter
 
 
@@ -103,17 +104,19 @@ class EMNISTTrainer(Trainer):
         ckpt_path: str | None = None,
         photos_per_batch: int = 32,
     ) -> None:
-        """Read photos of handwritten lines (a VIN, or any short string): each photo is cut into characters, the
-        model classifies all characters of a batch of photos at once, and the `reading` writer decodes and prints
-        `TEXT, PATH` per photo. Files come from `--data.predict_dir` and `--data.predict_files`, as for `predict`.
+        """Read photos of handwritten lines (a VIN, or any short string), a batch of photos at a time: a character
+        model's checkpoint classifies the characters each photo is cut into, a line model's (`LineRecognizer`)
+        reads each whole line; the `reading` writer decodes and prints `TEXT, PATH` per photo. Files come from
+        `--data.predict_dir` and `--data.predict_files`, as for `predict`.
 
         Args:
             ckpt_path: the checkpoint to read with (its charset decides what can be read).
-            photos_per_batch: photos whose characters are classified in one forward pass.
+            photos_per_batch: photos read in one forward pass.
         """
         writer = next(c for c in self.callbacks if isinstance(c, LineWriter))
         paths = list_images(datamodule.hparams.predict_dir, datamodule.hparams.predict_files)
-        loader = line_photo_loader(paths, writer.expected_count, photos_per_batch, datamodule.hparams.predict_workers)
+        workers, line_model = datamodule.hparams.predict_workers, isinstance(model, LineRecognizer)
+        loader = line_photo_loader(paths, writer.expected_count, photos_per_batch, workers, line_model)
         self.predict(model, dataloaders=loader, ckpt_path=ckpt_path, return_predictions=False)
 
     def serve(

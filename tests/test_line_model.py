@@ -1,0 +1,213 @@
+"""The line model: CTC decoding on hand-made frame probabilities, the rendered line sets, training and testing it
+through the CLI, starting it from a character model, and `read` with its checkpoint."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import smoke_args, upright_samples
+from PIL import Image
+from test_read import KNOWN_VIN, line_photo
+
+from emnist_lit.charsets import BALANCED47_CHARSET, VIN_CHARSET
+from emnist_lit.cli import main
+from emnist_lit.ctc import best_path, character_tables
+from emnist_lit.data.lines import LineDataModule, RenderedLines, render_all
+from emnist_lit.errors import CheckpointError
+from emnist_lit.line_module import LineRecognizer
+from emnist_lit.line_photos import GlyphBank
+from emnist_lit.prediction import LineWriter
+from emnist_lit.vin import is_valid_vin
+
+CLASSES = "ABL1"
+
+
+def frames_spelling(spans: list[tuple[str, int]], classes: str = CLASSES, sure: float = 0.96) -> np.ndarray:
+    """Frame probabilities (T, classes + 1): each (character or '-' for blank, frames) span held with `sure`, the
+    rest spread evenly."""
+    rows = []
+    for char, count in spans:
+        row = np.full(len(classes) + 1, (1 - sure) / len(classes))
+        row[0 if char == "-" else classes.index(char) + 1] = sure
+        rows += [row] * count
+    return np.array(rows)
+
+
+def test_best_path_merges_repeated_frames_and_drops_blanks() -> None:
+    probs = frames_spelling([("A", 2), ("-", 1), ("A", 1), ("B", 3), ("-", 2), ("L", 1)])
+    characters, confidences = best_path(probs)
+    assert "".join(CLASSES[i] for i in characters) == "AABL"
+    assert confidences == pytest.approx([0.96] * 4)
+
+
+def test_character_tables_put_each_character_where_its_frames_are() -> None:
+    probs = frames_spelling([("-", 2), ("A", 2), ("-", 1), ("B", 2), ("-", 1), ("L", 1), ("-", 2)])
+    probs[8] = [0.02, 0.02, 0.02, 0.56, 0.38]  # the third character: L or 1?
+    tables = character_tables(probs, 3)
+    assert tables.shape == (3, 4)
+    assert tables.argmax(1).tolist() == [0, 1, 2]
+    assert tables[2, 2] == pytest.approx(0.56 / 0.98) and tables[2, 3] == pytest.approx(0.38 / 0.98)
+    assert character_tables(probs, 20) is None, "more characters than frames"
+
+
+def test_character_tables_find_a_character_the_best_path_merged_away() -> None:
+    """Two A's with no blank between them are one A on the best path; asked for two characters, the alignment
+    splits the run rather than inventing one from blank frames."""
+    probs = frames_spelling([("-", 3), ("A", 4), ("-", 3)])
+    assert len(best_path(probs)[0]) == 1
+    tables = character_tables(probs, 2)
+    assert tables.argmax(1).tolist() == [0, 0]
+
+
+def vin_frames(vin: str, doubtful: dict[int, tuple[str, float]] | None = None) -> np.ndarray:
+    """Frames spelling `vin` over VIN_CHARSET, a blank between characters; `doubtful` puts a second class beside
+    a position's own."""
+    spans = [("-", 1)]
+    for char in vin:
+        spans += [(char, 2), ("-", 2)]
+    probs = frames_spelling(spans, VIN_CHARSET)
+    for position, (other, share) in (doubtful or {}).items():
+        frame = 1 + 4 * position
+        for row in (frame, frame + 1):
+            probs[row, 1:] *= 1 - share
+            probs[row, VIN_CHARSET.index(other) + 1] += share * probs[row, 1:].sum() / (1 - share)
+    return probs
+
+
+def test_decode_frames_lets_the_check_digit_overturn_a_doubtful_character() -> None:
+    vin = "1M8GDM9AXKP042788"
+    assert is_valid_vin(vin)
+    writer = LineWriter(format="vin", min_confidence=0.5)
+    doubtful = vin_frames(vin, {3: ("6", 0.55)})  # the G more likely a 6 to the model: not a valid VIN
+    probs = torch.from_numpy(np.stack([vin_frames(vin), doubtful])).float()
+    frames = torch.tensor([len(vin_frames(vin))] * 2)
+    readings, counts = writer.decode_frames(probs, frames, VIN_CHARSET)
+    assert counts == [17, 17]
+    assert (readings[0].text, readings[0].status) == (vin, "valid")
+    assert (readings[1].text, readings[1].status) == (vin, "corrected")
+
+
+def test_decode_frames_leaves_a_line_of_16_characters_unverified() -> None:
+    short = vin_frames("1M8GDM9AXKP04278")
+    readings, counts = LineWriter(format="vin").decode_frames(
+        torch.from_numpy(short[None]).float(), torch.tensor([len(short)]), VIN_CHARSET
+    )
+    assert counts == [16]
+    assert readings[0].status == "unverified" and readings[0].confidence == 0.0
+    text = LineWriter(format="text", min_confidence=0.1).decode_frames(
+        torch.from_numpy(short[None]).float(), torch.tensor([len(short)]), VIN_CHARSET
+    )[0][0]
+    assert (text.text, text.status) == ("1M8GDM9AXKP04278", "read")
+
+
+@pytest.fixture(scope="module")
+def glyph_bank() -> GlyphBank:
+    images, labels = upright_samples(per_class=4, seed=5)
+    keep = np.isin(np.array(list(BALANCED47_CHARSET))[labels], list(VIN_CHARSET))
+    vin_labels = np.array([VIN_CHARSET.index(BALANCED47_CHARSET[label]) for label in labels[keep]])
+    return GlyphBank(images[keep], vin_labels, VIN_CHARSET)
+
+
+def test_rendered_lines_are_the_same_for_a_seed_whatever_the_workers(glyph_bank: GlyphBank) -> None:
+    lines = RenderedLines(
+        glyph_bank, 6, seed=3, styles=["free", "tight", "boxed"], vin_fraction=0.5, text_lengths=(3, 9)
+    )
+    one, texts_one = render_all(lines, workers=0)
+    two, texts_two = render_all(lines, workers=2)
+    assert texts_one == texts_two and all(np.array_equal(a, b) for a, b in zip(one, two, strict=True))
+    assert all(image.shape[0] == 28 and image.dtype == np.uint8 for image in one)
+    assert any(is_valid_vin(text) for text in texts_one) and any(len(text) < 17 for text in texts_one)
+    other, _ = render_all(RenderedLines(glyph_bank, 6, 4, ["free"], 0.5, (3, 9)), workers=0)
+    assert not all(np.array_equal(a, b) for a, b in zip(one, other, strict=False))
+
+
+def line_args(root: Path, logs: Path, *extra: str) -> list[str]:
+    """A few quiet CPU steps of the line config on synthetic EMNIST: a narrow model, a handful of lines."""
+    shrunk = ["--trainer.max_epochs=2", "--time_budget.minutes=null", "--trainer.max_time=null", "--model.width=8"]
+    shrunk += ["--model.hidden=16", "--data.batch_size=8", "--data.train_lines=24", "--data.val_lines=8"]
+    shrunk += ["--data.test_lines=8", "--data.render_workers=0"]
+    return smoke_args(root, logs, *shrunk, *extra, config="line_reader.yaml")
+
+
+@pytest.fixture(scope="module")
+def line_checkpoint(emnist_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    cli = main(["fit", *line_args(emnist_root, tmp_path_factory.mktemp("line_fit"))])
+    assert isinstance(cli.model, LineRecognizer) and isinstance(cli.datamodule, LineDataModule)
+    for key in ("test/cer", "test/exact"):
+        assert key in cli.trainer.callback_metrics, key
+    return Path(cli.trainer.checkpoint_callback.best_model_path)
+
+
+def test_a_line_config_trains_tests_and_checkpoints_a_line_model(line_checkpoint: Path) -> None:
+    checkpoint = torch.load(line_checkpoint, weights_only=True)
+    assert checkpoint["hyper_parameters"]["_class_path"] == "emnist_lit.line_module.LineRecognizer"
+    assert checkpoint["hyper_parameters"]["classes"] == VIN_CHARSET
+    assert line_checkpoint.name.startswith("epoch") and "-cer" in line_checkpoint.name
+
+
+def test_read_with_a_line_checkpoint_prints_a_line_per_photo_and_names_bad_files(
+    line_checkpoint: Path, tmp_path: Path, capsys
+) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    line_photo(KNOWN_VIN).save(photos / "a_line.png")
+    Image.new("L", (800, 120), 235).save(photos / "b_blank.png")
+    (photos / "c_truncated.png").write_bytes((photos / "a_line.png").read_bytes()[:80])
+    output = tmp_path / "read.csv"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["read", f"--ckpt_path={line_checkpoint}", f"--data.predict_dir={photos}", f"--output={output}"])
+    assert exit_info.value.code == 1
+    captured = capsys.readouterr()
+    assert [line.rsplit(", ", 1)[1] for line in captured.out.splitlines()] == [
+        str(photos / "a_line.png"),
+        str(photos / "b_blank.png"),
+    ]
+    assert [line for line in captured.err.splitlines() if line.startswith("error:")] == [
+        next(line for line in captured.err.splitlines() if line.startswith(f"error: {photos / 'c_truncated.png'}: "))
+    ]
+    with output.open(newline="") as handle:
+        rows = {Path(row["path"]).name: row for row in csv.DictReader(handle)}
+    assert rows["b_blank.png"]["status"] == "unverified" and rows["b_blank.png"]["text"] == ""
+
+
+def test_init_from_starts_the_convolutions_from_a_character_model(emnist_root: Path, tmp_path: Path) -> None:
+    cnn = ["--model.backbone=cnn", "--model.width=8", "--trainer.max_epochs=1", "--test_after_fit=false"]
+    character = main(["fit", *smoke_args(emnist_root, tmp_path / "chars", *cnn)])
+    path = character.trainer.checkpoint_callback.best_model_path
+    weights = torch.load(path, weights_only=True)["state_dict"]["net.features.0.weight"]
+    lines = main(
+        ["fit", *line_args(emnist_root, tmp_path / "lines", f"--model.init_from={path}", "--trainer.max_steps=0")]
+    )
+    assert torch.equal(lines.model.net.features[0].weight.detach(), weights)
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", *line_args(emnist_root, tmp_path / "wide", f"--model.init_from={path}", "--model.width=16")])
+    assert str(exit_info.value).startswith(f"error: checkpoint {path}: its convolutions do not fit")
+
+
+def test_the_demo_page_refuses_a_line_checkpoint_by_name(line_checkpoint: Path) -> None:
+    from emnist_lit.serve import load_demo_model
+
+    with pytest.raises(CheckpointError, match=f"checkpoint {line_checkpoint}: holds a LineRecognizer"):
+        load_demo_model(line_checkpoint)
+
+
+@pytest.mark.parametrize("subcommand", ["predict", "export"])
+def test_predict_and_export_refuse_a_line_checkpoint_in_one_line(
+    subcommand: str, line_checkpoint: Path, tmp_path: Path
+) -> None:
+    line_photo(KNOWN_VIN).save(tmp_path / "line.png")
+    args = [f"--data.predict_files=[{tmp_path / 'line.png'}]"] if subcommand == "predict" else []
+    if subcommand == "export":
+        args = [f"--export_dir={tmp_path / 'bundle'}"]
+    with pytest.raises(SystemExit) as exit_info:
+        main([subcommand, f"--ckpt_path={line_checkpoint}", *args])
+    assert str(exit_info.value) == (
+        f"error: {subcommand} works on single characters, but the checkpoint holds a LineRecognizer, which reads "
+        "whole lines: use `read` with it"
+    )
+    assert not (tmp_path / "bundle").exists()
