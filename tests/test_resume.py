@@ -34,13 +34,10 @@ class PauseAtStep(Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
         if trainer.global_step == self.step:
-            # SIGTERM is held back until we wait for it: a signal landing between the print and a plain
-            # signal.pause() would leave the child paused for ever. Then it is raised again for Lightning's handler.
-            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
             print(f"PAUSED at step {trainer.global_step}", flush=True)
-            signal.sigwait({signal.SIGTERM})
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
-            signal.raise_signal(signal.SIGTERM)
+            # wait for the test to close our stdin, which it does after signalling: unlike signal.pause(), this
+            # cannot miss a signal that lands before it starts waiting, or on another of the process's threads
+            sys.stdin.read()
 
 
 class ReportEnd(Callback):
@@ -98,6 +95,7 @@ def spawn(args: list[str]) -> subprocess.Popen[str]:
         [sys.executable, "-m", "emnist_lit", *args],
         cwd=REPO,
         env=env,
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -153,7 +151,7 @@ def test_killed_fit_resumes_to_the_same_end(
     proc = spawn(fit_args(emnist_root, tmp_path, f"--trainer.callbacks+={json.dumps(pause)}"))
     assert wait_for_line(proc, "PAUSED") == f"PAUSED at step {pause_step}"
     proc.send_signal(sig)
-    out, _ = proc.communicate(timeout=120)
+    out, _ = proc.communicate(timeout=120)  # closes the child's stdin: PauseAtStep stops waiting
     assert proc.returncode == (128 + signal.SIGTERM if sig == signal.SIGTERM else -signal.SIGKILL), out[-3000:]
     assert "END " not in out
     last = checkpoints(tmp_path) / "last.ckpt"
