@@ -71,10 +71,13 @@ def test_read_gives_the_vin_on_the_photo_valid_and_as_text(trained_checkpoint: P
     assert capsys.readouterr().out.strip() == f"{KNOWN_VIN}, {photos / 'vin.png'}"
 
 
-def test_read_marks_odd_photos_unverified_names_unreadable_ones_and_reads_the_rest(
-    trained_checkpoint: Path, tmp_path: Path, capsys
-) -> None:
-    photos = tmp_path / "photos"
+ODD_PHOTOS = ("b_blank.png", "c_one_character.png", "d_two_lines.png", "e_printed_page.png", "f_200_megapixels.png")
+"""Readable photos that hold no VIN a reader could vouch for."""
+
+
+def write_odd_photos(photos: Path) -> Path:
+    """A good line (a_good), the ODD_PHOTOS, the good line in light ink on dark (g_light_on_dark) and a truncated
+    file (h_truncated) in `photos`."""
     photos.mkdir()
     line_photo(KNOWN_VIN).save(photos / "a_good.png")
     Image.new("L", (800, 120), 235).save(photos / "b_blank.png")
@@ -89,6 +92,13 @@ def test_read_marks_odd_photos_unverified_names_unreadable_ones_and_reads_the_re
     huge_png(photos / "f_200_megapixels.png", side=14200)  # 201.6 megapixels, under the 256 MP limit
     line_photo(KNOWN_VIN, dark_on_light=False).save(photos / "g_light_on_dark.png")
     (photos / "h_truncated.png").write_bytes((photos / "a_good.png").read_bytes()[:80])
+    return photos
+
+
+def test_read_marks_odd_photos_unverified_names_unreadable_ones_and_reads_the_rest(
+    trained_checkpoint: Path, tmp_path: Path, capsys
+) -> None:
+    photos = write_odd_photos(tmp_path / "photos")
     output = tmp_path / "read.csv"
 
     code = run_read([f"--ckpt_path={trained_checkpoint}", f"--data.predict_dir={photos}", f"--output={output}"])
@@ -104,7 +114,7 @@ def test_read_marks_odd_photos_unverified_names_unreadable_ones_and_reads_the_re
     assert [Path(p).name for p in printed] == list(rows)
     assert rows["a_good.png"][1:3] == [KNOWN_VIN, "valid"]
     assert rows["g_light_on_dark.png"][1:3] == [KNOWN_VIN, "valid"]
-    for name in ("b_blank.png", "c_one_character.png", "d_two_lines.png", "e_printed_page.png", "f_200_megapixels.png"):
+    for name in ODD_PHOTOS:
         assert rows[name][2] == "unverified", name
         assert float(rows[name][3]) < 0.9, name
 
