@@ -1,27 +1,34 @@
 """Predict throughput: the project's batched `predict` (DataLoader workers + BasePredictionWriter) against a
-one-image-at-a-time loop (open, prepare, forward per file), same model, same PNGs, side by side in one run."""
+one-image-at-a-time loop (open, prepare, forward per file), same model, same PNGs, side by side in one run, with the
+threads, workers and OpenMP wait policy both ran under. OMP_WAIT_POLICY=ACTIVE in the environment shows what
+OpenMP's spinning default costs on a busy machine."""
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import io
-import json
-import os
-import tempfile
-import time
-from pathlib import Path
+from emnist_lit.threads import prefer_passive_wait
 
-import lightning as L
-import numpy as np
-import torch
-from PIL import Image
+prefer_passive_wait(["predict"])  # as `python -m emnist_lit predict` does, before torch loads
 
-from emnist_lit.charsets import VIN_CHARSET
-from emnist_lit.data import EMNISTDataModule, find_emnist_files, load_split
-from emnist_lit.images import list_images, prepare_image, to_grayscale
-from emnist_lit.module import EMNISTClassifier
-from emnist_lit.prediction import CharacterWriter
+import argparse  # noqa: E402
+import contextlib  # noqa: E402
+import io  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import lightning as L  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from emnist_lit import quiet  # noqa: E402
+from emnist_lit.charsets import VIN_CHARSET  # noqa: E402
+from emnist_lit.data import EMNISTDataModule, find_emnist_files, load_split  # noqa: E402
+from emnist_lit.images import list_images, prepare_image, to_grayscale  # noqa: E402
+from emnist_lit.module import EMNISTClassifier  # noqa: E402
+from emnist_lit.prediction import CharacterWriter  # noqa: E402
 
 SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "emnist-sample"
 
@@ -77,7 +84,9 @@ def main() -> None:
     parser.add_argument("--data-root", type=Path, default=SAMPLE)
     parser.add_argument("--output", type=Path, default=Path("bench/predict.json"))
     args = parser.parse_args()
+    quiet.silence_library_chatter()
     torch.manual_seed(0)
+    load_before = os.getloadavg()[0]
     model = EMNISTClassifier(classes=VIN_CHARSET, backbone=args.backbone, stem_activation="prelu", dropout=0.5).eval()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -97,8 +106,11 @@ def main() -> None:
         "backbone": args.backbone,
         "batch_size": args.batch_size,
         "workers": args.workers,
-        "cpu_count": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)),
         "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset (spin, then sleep)"),
+        "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "one_at_a_time_images_per_s": len(paths) / loop_s,
         "batched_images_per_s": len(paths) / batched_s,
         "ratio": loop_s / batched_s,
@@ -109,7 +121,10 @@ def main() -> None:
     print(
         f"batched predict is {result['ratio']:.1f}x the one-at-a-time loop "
         f"({result['batched_images_per_s']:.0f} vs {result['one_at_a_time_images_per_s']:.0f} images/s, "
-        f"{len(paths)} PNGs, {args.backbone}, CPU)"
+        f"{len(paths)} PNGs, {args.backbone}, CPU)\n"
+        f"setup: {result['cpus_usable']} usable CPUs, torch {result['torch_threads']} threads, "
+        f"{args.workers} DataLoader workers decoding, batch {args.batch_size}, "
+        f"OMP_WAIT_POLICY {result['omp_wait_policy']}, load {load_before:.2f} before, {os.getloadavg()[0]:.2f} after"
     )
 
 
