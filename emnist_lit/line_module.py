@@ -48,8 +48,9 @@ class LineRecognizer(L.LightningModule):
             width: channels of the first convolution stage (doubled twice), as the `cnn` character backbone's.
             hidden: LSTM units in each direction.
             dropout: dropout before the output layer.
-            init_from: a character checkpoint (`backbone: cnn` of the same `width`) whose convolutions start this
-                network's; its classes may differ.
+            init_from: a checkpoint this network starts from: a character one (`backbone: cnn` of the same `width`,
+                any classes) gives the convolutions; a line one (same classes, `width` and `hidden`) gives the whole
+                network, to train on with a fresh schedule and budget.
             channels_last: run the convolutions in NHWC memory order.
             compile: `torch.compile` the network for fit, validate and test.
             optimizer: optimizer class and arguments, without the parameters.
@@ -71,26 +72,30 @@ class LineRecognizer(L.LightningModule):
         )
 
     def setup(self, stage: str) -> None:
-        """Before fitting: the training set's normalisation and, with `init_from`, a character model's convolutions."""
+        """Before fitting: the training set's normalisation and, with `init_from`, the weights it starts from."""
         normalization = getattr(self.trainer.datamodule, "normalization", None)
         if stage == "fit" and normalization is not None:
             self.input_mean.fill_(normalization[0])
             self.input_std.fill_(normalization[1])
         if stage == "fit" and self.hparams.init_from:
-            self._start_from_character_model(self.hparams.init_from)
+            self._start_from_checkpoint(self.hparams.init_from)
         if self.hparams.compile and stage != "predict":
             self.net.compile()
 
-    def _start_from_character_model(self, path: str) -> None:
+    def _start_from_checkpoint(self, path: str) -> None:
         state = load_checkpoint(path)["state_dict"]
-        features = {key.removeprefix("net.features."): v for key, v in state.items() if key.startswith("net.features.")}
+        if any(key.startswith("net.context.") for key in state):
+            target, prefix, needs = self.net, "net.", "a line checkpoint of the same classes, width and hidden size"
+        else:
+            target, prefix, needs = self.net.features, "net.features.", "a `backbone: cnn` character checkpoint"
+        weights = {key.removeprefix(prefix): v for key, v in state.items() if key.startswith(prefix)}
         try:
-            self.net.features.load_state_dict(features)
+            target.load_state_dict(weights)
         except RuntimeError as err:
             first = str(err).strip().splitlines()[0]
             raise CheckpointError(
-                f"checkpoint {path}: its convolutions do not fit this line model (init_from needs a `backbone: cnn` "
-                f"character checkpoint of width {self.hparams.width}): {first}"
+                f"checkpoint {path}: its weights do not fit this line model (init_from needs {needs}, width "
+                f"{self.hparams.width}): {first}"
             ) from err
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

@@ -171,7 +171,7 @@ def test_read_with_a_line_checkpoint_marks_odd_photos_unverified_names_unreadabl
     assert rows["b_blank.png"]["text"] == ""
 
 
-def test_init_from_starts_the_convolutions_from_a_character_model(emnist_root: Path, tmp_path: Path) -> None:
+def test_init_from_a_character_checkpoint_starts_the_convolutions(emnist_root: Path, tmp_path: Path) -> None:
     cnn = ["--model.backbone=cnn", "--model.width=8", "--trainer.max_epochs=1", "--test_after_fit=false"]
     character = main(["fit", *smoke_args(emnist_root, tmp_path / "chars", *cnn)])
     path = character.trainer.checkpoint_callback.best_model_path
@@ -183,7 +183,31 @@ def test_init_from_starts_the_convolutions_from_a_character_model(emnist_root: P
 
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", *line_args(emnist_root, tmp_path / "wide", f"--model.init_from={path}", "--model.width=16")])
-    assert str(exit_info.value).startswith(f"error: checkpoint {path}: its convolutions do not fit")
+    assert str(exit_info.value).startswith(f"error: checkpoint {path}: its weights do not fit")
+
+
+def test_init_from_a_line_checkpoint_starts_the_whole_network_from_it(
+    line_checkpoint: Path, emnist_root: Path, tmp_path: Path
+) -> None:
+    """A second run on a trained line model (a longer training in two budgets) takes its LSTM and output layer too,
+    not only the convolutions a character model can give."""
+    saved = torch.load(line_checkpoint, weights_only=True)["state_dict"]
+    again = main(
+        ["fit", *line_args(emnist_root, tmp_path, f"--model.init_from={line_checkpoint}", "--trainer.max_steps=0")]
+    )
+    state = again.model.net.state_dict()
+    for key in ("features.0.weight", "context.weight_hh_l0", "classifier.weight", "classifier.bias"):
+        assert torch.equal(state[key], saved[f"net.{key}"]), key
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(
+            [
+                "fit",
+                *line_args(emnist_root, tmp_path / "big", f"--model.init_from={line_checkpoint}", "--model.hidden=32"),
+            ]
+        )
+    assert str(exit_info.value).startswith(f"error: checkpoint {line_checkpoint}: its weights do not fit")
+    assert "a line checkpoint of the same classes, width and hidden size" in str(exit_info.value)
 
 
 def test_the_demo_page_refuses_a_line_checkpoint_by_name(line_checkpoint: Path) -> None:
