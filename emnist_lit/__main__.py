@@ -1,6 +1,6 @@
 import sys
 
-from emnist_lit.threads import prefer_passive_wait
+from emnist_lit.openmp_wait import prefer_passive_wait
 
 prefer_passive_wait(sys.argv[1:])  # before anything imports torch
 

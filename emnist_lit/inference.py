@@ -1,42 +1,23 @@
-"""How `predict` and `read` run the network on a CPU: intra-op threads that leave the decoding workers their cores,
-and channels_last weights, the layout oneDNN convolves fastest."""
+"""How `predict` and `read` run the network on a CPU: a chosen intra-op thread count, and channels_last weights,
+the layout oneDNN convolves in."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
-from torch.utils.data import DataLoader
-
-
-def predict_threads(workers: int, threads: int | None = None) -> int:
-    """Intra-op threads for the process that runs the network while `workers` DataLoader workers decode images:
-    `threads` (torch's current count when None) less one per worker, at least one. OpenMP threads that share their
-    cores with the workers or with other programs wait for each other at every operation, which cost batched
-    `predict` up to 3x on a busy 2-core machine."""
-    available = torch.get_num_threads() if threads is None else threads
-    return max(1, available - workers)
-
-
-def loader_workers(loaders: Any) -> int:
-    """The most DataLoader workers among `loaders` (one loader, or a list, tuple or dict of them)."""
-    if isinstance(loaders, dict):
-        loaders = list(loaders.values())
-    elif not isinstance(loaders, (list, tuple)):
-        loaders = [loaders]
-    return max((loader.num_workers for loader in loaders if isinstance(loader, DataLoader)), default=0)
 
 
 class InferenceSetup(Callback):
-    """For `predict` (and `read`, which runs through it) on a CPU: sets the intra-op threads for the number of
-    decoding workers (`predict_threads`) and runs the network with channels_last weights; both are put back when
-    predict ends, so the process and the model are as they were."""
+    """For `predict` (and `read`, which runs through it) on a CPU: sets the intra-op threads if asked and runs the
+    network with channels_last weights; both are put back when predict ends, so the process and the model are as
+    they were. torch's own thread count (one per core) is the default: with OpenMP's threads sleeping at barriers
+    (`openmp_wait`), leaving a core to each decoding worker made batched predict slower (2 cores: 746 against 963
+    images/s quiet, 661 against 708 with one core taken)."""
 
     def __init__(self, threads: int | None = None, channels_last: bool = True) -> None:
         """
         Args:
-            threads: intra-op threads while predicting; null: torch's count less one per DataLoader worker.
+            threads: intra-op threads while predicting; null: torch's count.
             channels_last: convolve in NHWC order, 1.3-1.9x faster than NCHW with oneDNN for these backbones.
         """
         if threads is not None and threads < 1:
@@ -48,8 +29,9 @@ class InferenceSetup(Callback):
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.strategy.root_device.type != "cpu":
             return
-        self._saved_threads = torch.get_num_threads()
-        torch.set_num_threads(self.threads or predict_threads(loader_workers(trainer.predict_dataloaders)))
+        if self.threads is not None:
+            self._saved_threads = torch.get_num_threads()
+            torch.set_num_threads(self.threads)
         weights = [p for p in pl_module.parameters() if p.dim() == 4]
         if self.channels_last and not all(w.is_contiguous(memory_format=torch.channels_last) for w in weights):
             pl_module.to(memory_format=torch.channels_last)

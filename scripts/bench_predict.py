@@ -5,7 +5,7 @@ OpenMP's spinning default costs on a busy machine."""
 
 from __future__ import annotations
 
-from emnist_lit.threads import prefer_passive_wait
+from emnist_lit.openmp_wait import prefer_passive_wait
 
 prefer_passive_wait(["predict"])  # as `python -m emnist_lit predict` does, before torch loads
 
@@ -27,6 +27,7 @@ from emnist_lit import quiet  # noqa: E402
 from emnist_lit.charsets import VIN_CHARSET  # noqa: E402
 from emnist_lit.data import EMNISTDataModule, find_emnist_files, load_split  # noqa: E402
 from emnist_lit.images import list_images, prepare_image, to_grayscale  # noqa: E402
+from emnist_lit.inference import InferenceSetup  # noqa: E402
 from emnist_lit.module import EMNISTClassifier  # noqa: E402
 from emnist_lit.prediction import CharacterWriter  # noqa: E402
 
@@ -62,13 +63,14 @@ def one_at_a_time(model: EMNISTClassifier, paths: list[str]) -> list[str]:
     return chars
 
 
-def batched(model: EMNISTClassifier, folder: Path, batch_size: int, workers: int) -> None:
+def batched(model: EMNISTClassifier, folder: Path, batch_size: int, workers: int, threads: int | None) -> None:
+    """`predict` as the CLI runs it: decoding workers, InferenceSetup's threads and memory format, the writer."""
     data = EMNISTDataModule(predict_dir=str(folder), batch_size=batch_size, predict_workers=workers)
     trainer = L.Trainer(
         accelerator="cpu",
         logger=False,
         enable_progress_bar=False,
-        callbacks=[CharacterWriter()],
+        callbacks=[InferenceSetup(threads=threads), CharacterWriter()],
         enable_model_summary=False,
     )
     with contextlib.redirect_stdout(io.StringIO()):
@@ -81,6 +83,7 @@ def main() -> None:
     parser.add_argument("--backbone", default="resnet34")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=None, help="predict's intra-op threads (default: torch's)")
     parser.add_argument("--data-root", type=Path, default=SAMPLE)
     parser.add_argument("--output", type=Path, default=Path("bench/predict.json"))
     args = parser.parse_args()
@@ -93,12 +96,12 @@ def main() -> None:
         source = write_pngs(folder, args.count, args.data_root)
         paths = list_images(folder, None)
         one_at_a_time(model, paths[:20])  # warm-up of both paths
-        batched(model, folder, args.batch_size, args.workers)
+        batched(model, folder, args.batch_size, args.workers, args.threads)
         start = time.perf_counter()
         one_at_a_time(model, paths)
         loop_s = time.perf_counter() - start
         start = time.perf_counter()
-        batched(model, folder, args.batch_size, args.workers)
+        batched(model, folder, args.batch_size, args.workers, args.threads)
         batched_s = time.perf_counter() - start
     result = {
         "images": len(paths),
@@ -107,7 +110,8 @@ def main() -> None:
         "batch_size": args.batch_size,
         "workers": args.workers,
         "cpus_usable": len(os.sched_getaffinity(0)),
-        "torch_threads": torch.get_num_threads(),
+        "loop_torch_threads": torch.get_num_threads(),
+        "predict_torch_threads": args.threads or torch.get_num_threads(),
         "torch_interop_threads": torch.get_num_interop_threads(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset (spin, then sleep)"),
         "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
@@ -122,8 +126,9 @@ def main() -> None:
         f"batched predict is {result['ratio']:.1f}x the one-at-a-time loop "
         f"({result['batched_images_per_s']:.0f} vs {result['one_at_a_time_images_per_s']:.0f} images/s, "
         f"{len(paths)} PNGs, {args.backbone}, CPU)\n"
-        f"setup: {result['cpus_usable']} usable CPUs, torch {result['torch_threads']} threads, "
-        f"{args.workers} DataLoader workers decoding, batch {args.batch_size}, "
+        f"setup: {result['cpus_usable']} usable CPUs; batched: torch {result['predict_torch_threads']} threads, "
+        f"{args.workers} DataLoader workers decoding, batch {args.batch_size}; "
+        f"loop: torch {result['loop_torch_threads']} threads; "
         f"OMP_WAIT_POLICY {result['omp_wait_policy']}, load {load_before:.2f} before, {os.getloadavg()[0]:.2f} after"
     )
 

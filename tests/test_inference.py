@@ -1,4 +1,4 @@
-"""How predict runs the network on a CPU: threads left to the decoding workers, channels_last weights, both put back
+"""How predict runs the network on a CPU: torch's threads or those asked for, channels_last weights, both put back
 afterwards; and the numpy `prepare_image` equal to the torch one it replaced."""
 
 from __future__ import annotations
@@ -15,24 +15,8 @@ from PIL import Image
 from emnist_lit.cli import main
 from emnist_lit.data import EMNISTDataModule
 from emnist_lit.images import prepare_image
-from emnist_lit.inference import InferenceSetup, loader_workers, predict_threads
+from emnist_lit.inference import InferenceSetup
 from emnist_lit.module import EMNISTClassifier
-
-
-@pytest.mark.parametrize(
-    ("workers", "threads", "expected"),
-    [(2, 2, 1), (1, 2, 1), (0, 2, 2), (4, 2, 1), (2, 16, 14), (0, 1, 1)],
-)
-def test_predict_threads_leave_a_core_per_decoding_worker(workers: int, threads: int, expected: int) -> None:
-    assert predict_threads(workers, threads) == expected
-
-
-def test_loader_workers_reads_one_loader_or_a_collection() -> None:
-    loader = torch.utils.data.DataLoader([0], num_workers=3)
-    assert loader_workers(loader) == 3
-    assert loader_workers([torch.utils.data.DataLoader([0]), loader]) == 3
-    assert loader_workers({"a": loader}) == 3
-    assert loader_workers(None) == 0
 
 
 class Probe(L.Callback):
@@ -51,7 +35,7 @@ def run_predict(model: EMNISTClassifier, folder: Path, callbacks: list[L.Callbac
     return torch.cat(trainer.predict(model, datamodule=data))
 
 
-def test_predict_runs_with_threads_for_its_workers_and_channels_last_then_restores(tmp_path: Path) -> None:
+def test_predict_runs_channels_last_with_torchs_threads_then_restores(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     for i in range(6):
         ink = (rng.random((20, 16)) > 0.6).astype(np.uint8) * 255
@@ -65,7 +49,7 @@ def test_predict_runs_with_threads_for_its_workers_and_channels_last_then_restor
         plain = run_predict(model, tmp_path, [])
         probe = Probe()
         tuned = run_predict(model, tmp_path, [InferenceSetup(), probe])
-        assert (probe.threads, probe.channels_last) == (1, True), "2 threads less 1 worker, NHWC weights"
+        assert (probe.threads, probe.channels_last) == (2, True), "torch's 2 threads beside the worker, NHWC weights"
         assert torch.get_num_threads() == 2, "the process's thread count is put back"
     finally:
         torch.set_num_threads(saved_threads)

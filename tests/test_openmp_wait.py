@@ -8,26 +8,28 @@ import sys
 
 import pytest
 
-from emnist_lit.threads import prefer_passive_wait
+from emnist_lit.openmp_wait import prefer_passive_wait
 
-# Runs `python -m emnist_lit COMMAND --help` with an import hook that records OMP_WAIT_POLICY the moment torch is
-# first imported: OpenMP reads the variable once, when torch loads it, so a later setting would do nothing.
+# Runs `python -m emnist_lit COMMAND` up to the moment torch is first imported, and prints OMP_WAIT_POLICY then:
+# OpenMP reads the variable once, when torch loads it, so a later setting would do nothing.
 PROBE = """
 import os, runpy, sys
 
+class TorchLoading(Exception):
+    pass
+
 class Probe:
     def find_spec(self, name, path=None, target=None):
-        if name == "torch" and "seen" not in os.environ:
-            os.environ["seen"] = os.environ.get("OMP_WAIT_POLICY", "unset")
+        if name == "torch":
+            raise TorchLoading(os.environ.get("OMP_WAIT_POLICY", "unset"))
         return None
 
 sys.meta_path.insert(0, Probe())
 sys.argv = ["emnist_lit", sys.argv[1], "--help"]
 try:
     runpy.run_module("emnist_lit", run_name="__main__")
-except SystemExit:
-    pass
-print("policy when torch loaded:", os.environ.get("seen"), file=sys.stderr)
+except TorchLoading as loading:
+    print("policy when torch loaded:", loading, file=sys.stderr)
 """
 
 
