@@ -44,9 +44,10 @@ MODEL_YEAR_POSITION = 9
 MODEL_YEAR_FORBIDDEN = "UZ0"
 """0-based positions: 8 is the check character (position 9 in the standard), 9 the model year (position 10)."""
 
-DEFAULT_MIN_CONFIDENCE = 0.9
-"""A reading is called valid/corrected/read only when it holds 90% of the posterior: at 0.5 a coin flip between two
-valid VINs would still pass as certain, and a wrong VIN costs far more than a second look by a person."""
+DEFAULT_MIN_CONFIDENCE = 0.95
+"""A reading is called valid/corrected/read only when it holds 95% of the posterior: at 0.5 a coin flip between two
+valid VINs would still pass as certain, and a wrong VIN costs far more than a second look by a person. At 0.9 the
+line reader trusted 7% wrong answers (3.6% of all photos silently wrong, 840 generated photos); at 0.95, 1.8%."""
 
 STATUS_VALID = "valid"
 STATUS_CORRECTED = "corrected"

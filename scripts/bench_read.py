@@ -11,23 +11,27 @@ corrected but not the true VIN), the share of each status, and photos/s of the w
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import csv
-import io
-import json
-import os
-import tempfile
-import time
-from collections import defaultdict
-from pathlib import Path
+from emnist_lit.openmp_wait import prefer_passive_wait
 
-import torch
+prefer_passive_wait(["read"])  # as `python -m emnist_lit read` does, before torch loads
 
-from emnist_lit.charsets import BALANCED47_CHARSET
-from emnist_lit.cli import main as cli_main
-from emnist_lit.data import find_emnist_files, load_split
-from emnist_lit.line_photos import LINE_STYLES, write_line_photos
+import argparse  # noqa: E402
+import contextlib  # noqa: E402
+import csv  # noqa: E402
+import io  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from collections import defaultdict  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import torch  # noqa: E402
+
+from emnist_lit.charsets import BALANCED47_CHARSET  # noqa: E402
+from emnist_lit.cli import main as cli_main  # noqa: E402
+from emnist_lit.data import find_emnist_files, load_split  # noqa: E402
+from emnist_lit.line_photos import LINE_STYLES, write_line_photos  # noqa: E402
 
 SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "emnist-sample"
 STATUSES = ("valid", "corrected", "unverified")

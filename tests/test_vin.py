@@ -72,13 +72,13 @@ def test_confident_valid_argmax_is_read_as_valid() -> None:
 
 
 def test_check_digit_overturns_the_per_position_argmax() -> None:
-    # S at position 16 would need check character 5; the check box reads 3 (0.95) far more likely than 5 (0.05)
+    # S at position 16 would need check character 5; the check box reads 3 (0.97) far more likely than 5 (0.03)
     assert is_valid_vin(HONDA[:8] + "5" + HONDA[9:15] + "S" + HONDA[16])
-    probs = table(HONDA, p8={"3": 0.95, "5": 0.05}, p15={"S": 0.55, "5": 0.45})
+    probs = table(HONDA, p8={"3": 0.97, "5": 0.03}, p15={"S": 0.55, "5": 0.45})
     reading = decode_vin(probs, VIN_CHARSET)
     assert reading.text == HONDA
     assert reading.status == STATUS_CORRECTED
-    assert reading.confidence == pytest.approx(0.45 * 0.95 / (0.45 * 0.95 + 0.55 * 0.05))
+    assert reading.confidence == pytest.approx(0.45 * 0.97 / (0.45 * 0.97 + 0.55 * 0.03))
 
 
 def test_check_character_x_is_remainder_ten() -> None:
@@ -186,9 +186,9 @@ def test_european_vins_have_no_check_character() -> None:
     assert (reading.text, reading.status, reading.confidence) == (wrong_check, STATUS_VALID, 1.0)
     volkswagen = "WVWZZZ1JZXW000001"
     assert decode_vin(table(volkswagen), VIN_CHARSET, check_digit=False).status == STATUS_VALID
-    probs = table(volkswagen, BALANCED47_CHARSET, p14={"O": 0.9, "0": 0.09, "D": 0.01})
+    probs = table(volkswagen, BALANCED47_CHARSET, p14={"O": 0.96, "0": 0.039, "D": 0.001})
     reading = decode_vin(probs, BALANCED47_CHARSET, check_digit=False)
-    assert (reading.text, reading.status, reading.confidence) == (volkswagen, STATUS_CORRECTED, pytest.approx(0.9))
+    assert (reading.text, reading.status, reading.confidence) == (volkswagen, STATUS_CORRECTED, pytest.approx(0.975))
 
 
 def test_free_text_is_the_argmax_with_the_product_confidence() -> None:
