@@ -71,6 +71,7 @@ def main() -> None:
     parser.add_argument("--data-root", type=Path, default=SAMPLE)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--photos-per-batch", type=int, default=32)
+    parser.add_argument("--min-confidence", type=float, help="read's --reading.min_confidence (default: read's)")
     parser.add_argument("--output", type=Path, default=Path("bench/read.json"))
     args = parser.parse_args()
     if not args.ckpt_path:
@@ -98,6 +99,7 @@ def main() -> None:
                     f"--data.predict_files={json.dumps(files)}",
                     f"--photos_per_batch={args.photos_per_batch}",
                     f"--output={output}",
+                    *([f"--reading.min_confidence={args.min_confidence}"] if args.min_confidence is not None else []),
                 ]
             )
         seconds = time.perf_counter() - start
