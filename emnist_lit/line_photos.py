@@ -275,6 +275,13 @@ def write_line_photos(
         path = out_dir / f"{index:06d}_{style}{suffix}"
         write_atomically(path, lambda tmp, data=data: tmp.write_bytes(data))
         written.append((path, text, style))
+    write_labels(out_dir, written)
+    return written
+
+
+def write_labels(out_dir: Path, written: Sequence[tuple[Path, str, str]]) -> None:
+    """`out_dir`/labels.csv, atomically: `path,text,style` per photo, paths relative to `out_dir`, as `bench_read
+    --photo-dir` reads them."""
 
     def write_csv(tmp: Path) -> None:
         with tmp.open("w", newline="") as file:
@@ -283,4 +290,3 @@ def write_line_photos(
             writer.writerows((path.name, text, style) for path, text, style in written)
 
     write_atomically(out_dir / "labels.csv", write_csv)
-    return written

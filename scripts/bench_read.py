@@ -3,6 +3,7 @@ the EMNIST test split (characters the model never trained on), in every style, r
 (DataLoader workers segmenting, one batched forward pass per batch of photos), then scored against the truth.
 
     python scripts/bench_read.py --ckpt-path CKPT [--photos 210] [--data-root ../shared/data/emnist-sample]
+    python scripts/bench_read.py --ckpt-path CKPT --renderer tiled --photos 420   # drawn another way (tiled_photos)
     python scripts/bench_read.py --ckpt-path CKPT --photo-dir DIR   # photos made elsewhere, with DIR/labels.csv
 
 Prints, overall and per style: exact VIN (all 17 right), character accuracy, silently wrong (status valid or
@@ -32,6 +33,11 @@ from emnist_lit.charsets import BALANCED47_CHARSET  # noqa: E402
 from emnist_lit.cli import main as cli_main  # noqa: E402
 from emnist_lit.data import find_emnist_files, load_split  # noqa: E402
 from emnist_lit.line_photos import LINE_STYLES, write_line_photos  # noqa: E402
+from emnist_lit.tiled_photos import TILED_STYLES, write_tiled_photos  # noqa: E402
+
+RENDERERS = {"line_photos": write_line_photos, "tiled": write_tiled_photos}
+"""line_photos: the generator the line model trains on (its training split); tiled: a second renderer, made
+differently, so a figure that holds only for the first shows up."""
 
 SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "emnist-sample"
 STATUSES = ("valid", "corrected", "unverified")
@@ -67,6 +73,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ckpt-path", default=newest_checkpoint(), help="default: the newest vin_reader checkpoint")
     parser.add_argument("--photos", type=int, default=210, help="photos to generate, the styles taken in turn")
+    parser.add_argument("--renderer", choices=sorted(RENDERERS), default="line_photos", help="what draws them")
     parser.add_argument("--photo-dir", type=Path, help="read these photos (DIR/labels.csv: path,text,style) instead")
     parser.add_argument("--data-root", type=Path, default=SAMPLE)
     parser.add_argument("--seed", type=int, default=0)
@@ -81,8 +88,11 @@ def main() -> None:
         if args.photo_dir is None:
             images, labels = load_split(find_emnist_files(args.data_root), "test")
             folder = Path(tmp) / "photos"
-            write_line_photos(folder, args.photos, images, labels, BALANCED47_CHARSET, LINE_STYLES, args.seed)
-            source = f"{args.photos} photos generated from the EMNIST test split in {args.data_root}, seed {args.seed}"
+            RENDERERS[args.renderer](folder, args.photos, images, labels, BALANCED47_CHARSET, seed=args.seed)
+            source = (
+                f"{args.photos} photos drawn by {args.renderer} from the EMNIST test split in {args.data_root}, "
+                f"seed {args.seed}"
+            )
         else:
             folder, source = args.photo_dir, f"photos in {args.photo_dir}"
         with (folder / "labels.csv").open(newline="", encoding="utf-8") as handle:
@@ -124,7 +134,8 @@ def main() -> None:
         f"{s:>10}" for s in STATUSES
     )
     print(header)
-    for group in (*[s for s in LINE_STYLES if s in table], "all"):
+    known = [s for s in (*LINE_STYLES, *TILED_STYLES) if s in table]
+    for group in (*known, *sorted(set(table) - {*known, "all"}), "all"):
         r = table[group]
         shares = " ".join(f"{r[s]:10.3f}" for s in STATUSES)
         rates = f"{r['exact']:6.3f} {r['char_accuracy']:6.3f} {r['silently_wrong']:7.3f}"
