@@ -191,7 +191,35 @@ def _remove_form_lines(binary: np.ndarray, faint: np.ndarray) -> tuple[np.ndarra
     bridged_h = _closing(rest, thickness + 4, axis=0)
     bridged_v = _closing(rest, thickness + 4, axis=1)
     kept = rest | (h_lines & bridged_h) | (v_lines & ~h_lines & bridged_v)
-    return kept, len(rows) + int(v_lines.any())
+    kept, ticks = _remove_comb_ticks(kept, rows, text_height)
+    return kept, len(rows) + int(v_lines.any() or ticks)
+
+
+COMB_TICKS = 4
+"""At least this many short vertical strokes of one height standing on a removed line make a comb's ticks."""
+
+
+def _remove_comb_ticks(kept: np.ndarray, rows: list[tuple[int, int]], text_height: float) -> tuple[np.ndarray, bool]:
+    """The ink without the ticks of a form's comb (a baseline with a short mark between cells): once the baseline
+    is gone they stand alone, and a segmenter would count each as a character. Ticks are thin, shorter than the
+    text, touch the removed line and share one height; a character's stroke that touches the line is none of that
+    four times over."""
+    near = np.zeros(kept.shape[0], bool)
+    for start, stop in rows:
+        near[max(start - 3, 0) : stop + 3] = True
+    labels, _ = ndimage.label(kept, structure=np.ones((3, 3)))
+    candidates = []
+    for index, found in enumerate(ndimage.find_objects(labels), start=1):
+        height, width = found[0].stop - found[0].start, found[1].stop - found[1].start
+        if height <= 0.6 * text_height and height >= 2 * width and near[found[0]].any():
+            candidates.append((index, height))
+    if len(candidates) < COMB_TICKS:
+        return kept, False
+    typical = float(np.median([height for _, height in candidates]))
+    ticks = [index for index, height in candidates if abs(height - typical) <= 0.15 * typical + 1]
+    if len(ticks) < COMB_TICKS:
+        return kept, False
+    return kept & ~np.isin(labels, ticks), True
 
 
 @dataclass

@@ -115,6 +115,37 @@ def test_form_box_lines_are_removed() -> None:
         assert identities(result) == KINDS, "box lines left in the crops would change their shapes"
 
 
+def comb_line(kinds: list[int], tick: int = 16) -> tuple[Image.Image, list[tuple[int, int, int, int]]]:
+    """A line of glyphs written into a form's comb: a printed baseline under them with a short tick between every
+    two cells and at both ends."""
+    image, truth = line(kinds, gaps=26)
+    draw = ImageDraw.Draw(image)
+    baseline = max(bottom for _, _, _, bottom in truth) + 6
+    edges = [truth[0][0] - 13] + [(a[2] + b[0]) // 2 for a, b in itertools.pairwise(truth)] + [truth[-1][2] + 13]
+    draw.rectangle((edges[0], baseline, edges[-1] + 1, baseline + 1), fill=40)
+    for edge in edges:
+        draw.rectangle((edge, baseline - tick, edge + 1, baseline), fill=40)
+    return image, truth
+
+
+def test_comb_ticks_are_removed() -> None:
+    image, truth = comb_line(KINDS)
+    for expected in (None, 8):
+        result = segment_line(image, expected_count=expected)
+        assert_on_truth(result, truth)
+        assert identities(result) == KINDS, "a tick left standing would be read as a character"
+
+
+def test_strokes_standing_on_an_underline_are_kept() -> None:
+    """Tick removal must not take characters: six bars (ones) written on an underline, touching it."""
+    canvas = np.zeros((110, 300), np.float32)
+    for i in range(6):
+        canvas[30:78, 30 + 40 * i : 36 + 40 * i] = 1
+    canvas[78:80, 20:280] = 1
+    image = Image.fromarray(np.clip((0.9 - 0.75 * canvas) * 255, 0, 255).astype(np.uint8), mode="L")
+    assert len(segment_line(image)) == 6
+
+
 def test_touching_neighbours_are_split() -> None:
     kinds = [0, 4, 0, 1, 5]
     image, truth = line(kinds, gaps=[-3, 20, -2, 20])
