@@ -23,6 +23,7 @@ from emnist_lit.data import EMNISTDataModule
 from emnist_lit.errors import USER_ERRORS, CheckpointError, EMNISTConfigError
 from emnist_lit.export import load_bundle_weights, read_bundle
 from emnist_lit.inference import InferenceSetup
+from emnist_lit.line_module import LineRecognizer
 from emnist_lit.module import EMNISTClassifier
 from emnist_lit.prediction import CharacterWriter, LineWriter
 from emnist_lit.trainer import EMNISTTrainer
@@ -179,7 +180,16 @@ class EMNISTCLI(LightningCLI):
         if self.subcommand == "predict":
             self._require_character_model()
 
-    before_read = before_predict
+    def before_read(self) -> None:
+        """As predict; and the second-opinion character model is loaded (and refused by name) before any photo."""
+        self.before_predict()
+        writer = next(c for c in self.trainer.callbacks if isinstance(c, LineWriter))
+        if writer.character_ckpt and not isinstance(self.model, LineRecognizer):
+            raise EMNISTConfigError(
+                f"reading.character_ckpt {writer.character_ckpt}: a second opinion for a line model, but the "
+                f"checkpoint read with is a {type(self.model).__name__}"
+            )
+        writer.load_character_reader(self.model.classes)
 
     def before_export(self) -> None:
         self._require_character_model()

@@ -30,12 +30,33 @@ def best_path(probs: np.ndarray) -> tuple[list[int], list[float]]:
 
 def character_tables(probs: np.ndarray, length: int) -> np.ndarray | None:
     """Per-character class probabilities (length, K) of the best alignment of the frames with exactly `length`
-    characters, or None when there are too few frames for that many.
+    characters (`align`), or None when there are too few frames for that many."""
+    owner = align(probs, length)
+    return None if owner is None else tables_of(probs, owner, length)
+
+
+def tables_of(probs: np.ndarray, owner: np.ndarray, length: int) -> np.ndarray:
+    """Each character's table in an alignment (`align`): the sum of its frames' class probabilities, normalised, so
+    the VIN decoder chooses among the classes with the model's own uncertainty."""
+    tables = np.zeros((length, probs.shape[1] - 1))
+    np.add.at(tables, owner[owner >= 0], probs[owner >= 0, 1:])
+    mass = tables.sum(1, keepdims=True)
+    return np.divide(tables, mass, out=np.full_like(tables, 1.0 / tables.shape[1]), where=mass > 0)
+
+
+def spans_of(owner: np.ndarray, length: int) -> list[tuple[int, int]]:
+    """The first and last frame of each character in an alignment (`align`)."""
+    frames = [np.flatnonzero(owner == k) for k in range(length)]
+    return [(int(f[0]), int(f[-1])) for f in frames]
+
+
+def align(probs: np.ndarray, length: int) -> np.ndarray | None:
+    """Which character (0 to length - 1) each frame holds in the best alignment of the frames with exactly
+    `length` characters, -1 for a blank frame; None when there are too few frames for that many.
 
     A Viterbi pass over CTC's states (blank, character 1, blank, ..., character `length`, blank) in which a character
     state's score is the frame's probability of holding any character (1 - blank): it finds where the characters
-    are without deciding which they are. Each character's table is then the sum of its frames' class probabilities,
-    normalised, so the VIN decoder chooses among the classes with the model's own uncertainty."""
+    are without deciding which they are."""
     frames, _ = probs.shape
     if length < 1 or frames < length:
         return None
@@ -61,10 +82,9 @@ def character_tables(probs: np.ndarray, length: int) -> np.ndarray | None:
     if not math.isfinite(score[end]):
         return None
     state = end
-    tables = np.zeros((length, probs.shape[1] - 1))
+    owner = np.full(frames, -1)
     for frame in range(frames - 1, -1, -1):
         if state % 2 == 1:
-            tables[state // 2] += probs[frame, 1:]
+            owner[frame] = state // 2
         state -= steps[frame, state]
-    mass = tables.sum(1, keepdims=True)
-    return np.divide(tables, mass, out=np.full_like(tables, 1.0 / tables.shape[1]), where=mass > 0)
+    return owner

@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from emnist_lit.data.lines import pad_lines
 from emnist_lit.images import READ_ERRORS, open_image
-from emnist_lit.line_ink import count_ink_bands, find_line_ink, to_line_image
+from emnist_lit.line_ink import count_ink_bands, find_line_ink, line_crop, scale_line
 from emnist_lit.segment import segment_line
 
 SEVERAL_LINES = "several lines"
@@ -53,51 +53,62 @@ def collate_lines(items: list[tuple[torch.Tensor | None, str, str | None]]) -> t
 
 class LineImageFiles(Dataset):
     """Photos of one handwritten line each, decoded and made into a line model's input (`line_ink.to_line_image`) in
-    DataLoader workers. A file that cannot be decoded yields its reason; a photo without ink yields an empty image
-    marked NO_INK, one with several lines of writing is marked SEVERAL_LINES, for the writer to mark unverified."""
+    DataLoader workers, and with `keep_crops` the line at its own resolution too (`line_ink.line_crop`), for a
+    character model to read its characters. A file that cannot be decoded yields its reason; a photo without ink
+    yields an empty image marked NO_INK, one with several lines of writing is marked SEVERAL_LINES, for the writer
+    to mark unverified."""
 
-    def __init__(self, paths: list[str]) -> None:
-        self.paths = paths
+    def __init__(self, paths: list[str], keep_crops: bool = False) -> None:
+        self.paths, self.keep_crops = paths, keep_crops
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> tuple[np.ndarray | None, str, str]:
+    def __getitem__(self, index: int) -> tuple[np.ndarray | None, str, str, np.ndarray | None]:
         path = self.paths[index]
         try:
             image = open_image(path)
         except READ_ERRORS as err:
-            return None, path, str(err) or type(err).__name__
+            return None, path, str(err) or type(err).__name__, None
         try:
             found = find_line_ink(image)
             if isinstance(found, str):
-                return np.zeros((28, 8), np.float32), path, NO_INK
-            return to_line_image(found), path, SEVERAL_LINES if count_ink_bands(found.binary) > 1 else ""
+                return np.zeros((28, 8), np.float32), path, NO_INK, None
+            crop = line_crop(found)
+            note = SEVERAL_LINES if count_ink_bands(found.binary) > 1 else ""
+            return scale_line(crop), path, note, crop if self.keep_crops else None
         except Exception:  # one odd photo must not stop a batch; the writer marks it unverified
-            return np.zeros((28, 8), np.float32), path, NO_INK
+            return np.zeros((28, 8), np.float32), path, NO_INK, None
 
 
-def collate_line_images(items: list[tuple[np.ndarray | None, str, str]]) -> tuple:
-    """The readable photos' line images padded into one batch with their frame counts; (path, reason) of the others."""
-    good = [(image, path, note) for image, path, note in items if image is not None]
-    failures = [(path, note) for image, path, note in items if image is None]
+def collate_line_images(items: list[tuple[np.ndarray | None, str, str, np.ndarray | None]]) -> tuple:
+    """The readable photos' line images padded into one batch with their frame counts, paths, notes and crops;
+    (path, reason) of the others."""
+    good = [(image, path, note, crop) for image, path, note, crop in items if image is not None]
+    failures = [(path, note) for image, path, note, _ in items if image is None]
     if good:
-        images, frames = pad_lines([image for image, _, _ in good])
+        images, frames = pad_lines([image for image, _, _, _ in good])
         images = images.unsqueeze(1)
     else:
         images, frames = torch.empty(0, 1, 28, 8), torch.empty(0, dtype=torch.long)
-    frames = torch.where(torch.tensor([note == NO_INK for _, _, note in good], dtype=torch.bool), 0, frames)
-    several = [note == SEVERAL_LINES for _, _, note in good]
-    return images, frames, [path for _, path, _ in good], failures, several
+    frames = torch.where(torch.tensor([note == NO_INK for _, _, note, _ in good], dtype=torch.bool), 0, frames)
+    several = [note == SEVERAL_LINES for _, _, note, _ in good]
+    return images, frames, [path for _, path, _, _ in good], failures, several, [crop for *_, crop in good]
 
 
 def line_photo_loader(
-    paths: list[str], expected_count: int | None, photos_per_batch: int, workers: int, line_model: bool = False
+    paths: list[str],
+    expected_count: int | None,
+    photos_per_batch: int,
+    workers: int,
+    line_model: bool = False,
+    keep_crops: bool = False,
 ) -> DataLoader:
     """Batches of photos the model reads together; workers decode and prepare them in parallel: each photo cut into
-    characters for a character model, or made into one line image for a line model."""
+    characters for a character model, or made into one line image for a line model (and kept at its own resolution
+    with `keep_crops`)."""
     if line_model:
-        dataset, collate = LineImageFiles(paths), collate_line_images
+        dataset, collate = LineImageFiles(paths, keep_crops), collate_line_images
     else:
         dataset, collate = LinePhotoFiles(paths, expected_count), collate_lines
     return DataLoader(dataset, batch_size=photos_per_batch, collate_fn=collate, num_workers=workers)

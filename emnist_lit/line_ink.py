@@ -285,9 +285,15 @@ def count_ink_bands(binary: np.ndarray) -> int:
 
 
 def to_line_image(found: LineInk) -> np.ndarray:
-    """The line as a line model reads it: (LINE_HEIGHT, W) float in [0, 1], light ink on dark, cropped to the ink
-    (specks a twentieth of a typical blob or smaller dropped), scaled to TEXT_HEIGHT rows of ink, strokes scaled
-    so that half of their pixels saturate (EMNIST strokes are bright through their width)."""
+    """The line as a line model reads it: (LINE_HEIGHT, W) float in [0, 1], light ink on dark, `line_crop` scaled
+    to TEXT_HEIGHT rows of ink, with LINE_MARGIN blank columns either side."""
+    return scale_line(line_crop(found))
+
+
+def line_crop(found: LineInk) -> np.ndarray:
+    """The photo's line of ink at its own resolution, float in [0, 1], light on dark: cropped to the ink (specks a
+    twentieth of a typical blob or smaller dropped), strokes scaled so that half of their pixels saturate (EMNIST
+    strokes are bright through their width)."""
     labels, count = ndimage.label(found.binary, structure=np.ones((3, 3)))
     areas = np.bincount(labels.ravel(), minlength=count + 1)[1:]
     kept = np.concatenate([[False], areas > 0.05 * np.median(areas)])[labels]
@@ -297,7 +303,12 @@ def to_line_image(found: LineInk) -> np.ndarray:
     crop = np.where(mask, found.ink[top:bottom, left:right], 0.0)
     core = crop[kept[top:bottom, left:right]]
     strength = float(np.median(core)) if core.size else 1.0
-    crop = np.clip(crop / max(strength, 1e-3), 0.0, 1.0).astype(np.float32)
+    return np.clip(crop / max(strength, 1e-3), 0.0, 1.0).astype(np.float32)
+
+
+def scale_line(crop: np.ndarray) -> np.ndarray:
+    """A `line_crop` as the line model's input: TEXT_HEIGHT rows of ink centred in LINE_HEIGHT, LINE_MARGIN blank
+    columns either side."""
     width = max(1, round(crop.shape[1] * TEXT_HEIGHT / crop.shape[0]))
     resized = np.asarray(Image.fromarray(crop, mode="F").resize((width, TEXT_HEIGHT), Image.Resampling.BILINEAR))
     line = np.zeros((LINE_HEIGHT, width + 2 * LINE_MARGIN), np.float32)

@@ -15,7 +15,9 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from emnist_lit.atomic import write_atomically
-from emnist_lit.ctc import best_path, character_tables
+from emnist_lit.ctc import align, best_path, spans_of, tables_of
+from emnist_lit.line_cuts import combine_tables, load_character_reader, read_cut_characters
+from emnist_lit.module import EMNISTClassifier
 from emnist_lit.vin import DEFAULT_MIN_CONFIDENCE, STATUS_UNVERIFIED, VIN_LENGTH, Reading, decode_text, decode_vins
 
 
@@ -102,6 +104,8 @@ class LineWriter(FileResultWriter):
         check_digit: bool = True,
         min_confidence: float = DEFAULT_MIN_CONFIDENCE,
         top_k: int = 3,
+        character_ckpt: str | None = None,
+        character_weight: float = 0.5,
     ) -> None:
         """
         Args:
@@ -110,12 +114,29 @@ class LineWriter(FileResultWriter):
             check_digit: VINs carry the position-9 check digit (North America); false for European VINs.
             min_confidence: below this probability of being right, a reading is `unverified`.
             top_k: alternatives listed per character in the CSV.
+            character_ckpt: with a line model, a character model of the same classes (`vin_reader`) that reads each
+                character where the line model places it, for a second opinion (`line_cuts`).
+            character_weight: the character model's share of the two opinions (a weighted geometric mean).
         """
         super().__init__(output, ["path", "text", "status", "confidence", "characters", f"top{top_k}_per_character"])
         if not 0.0 <= min_confidence <= 1.0:
             raise ValueError(f"min_confidence {min_confidence}: must be between 0 and 1")
+        if not 0.0 <= character_weight <= 1.0:
+            raise ValueError(f"character_weight {character_weight}: must be between 0 and 1")
         self.format, self.check_digit = format, check_digit
         self.min_confidence, self.top_k = min_confidence, top_k
+        self.character_ckpt, self.character_weight = character_ckpt, character_weight
+        self.character_reader: EMNISTClassifier | None = None
+
+    def load_character_reader(self, classes: str) -> None:
+        """Load `character_ckpt` for a line model reading `classes`, before any photo is read."""
+        if self.character_ckpt:
+            self.character_reader = load_character_reader(self.character_ckpt, classes)
+
+    def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_predict_start(trainer, pl_module)
+        if self.character_reader is not None:
+            self.character_reader.to(pl_module.device)
 
     @property
     def expected_count(self) -> int | None:
@@ -151,20 +172,32 @@ class LineWriter(FileResultWriter):
         ]
 
     def decode_frames(
-        self, probs: torch.Tensor, frames: torch.Tensor, classes: str, several_lines: list[bool] | None = None
+        self,
+        probs: torch.Tensor,
+        frames: torch.Tensor,
+        classes: str,
+        several_lines: list[bool] | None = None,
+        crops: list[np.ndarray | None] | None = None,
     ) -> tuple[list[Reading], list[int]]:
         """One reading per photo from a line model's per-frame probabilities (B, T, classes + 1), and how many
         characters its best path holds. A VIN takes the per-character tables of the best alignment with 17
         characters, so the check digit can weigh the model's doubts; it stays `unverified` when the line model's own
-        best path does not hold 17 characters. Free text takes the tables of the best path's characters."""
+        best path does not hold 17 characters. Free text takes the tables of the best path's characters. Given a
+        character reader and each photo's `line_ink.line_crop`, the tables weigh in its reading of each character."""
         arrays = probs.float().cpu().numpy()
-        readings: list[Reading | None] = []
-        counts, vin_tables, vin_rows = [], [], []
+        aligned = []
+        counts = []
         for array, count in zip(arrays, frames.tolist(), strict=True):
             characters, _ = best_path(array[:count]) if count else ([], [])
             counts.append(len(characters))
             length = VIN_LENGTH if self.format == "vin" else len(characters)
-            tables = character_tables(array[:count], length) if length else None
+            owner = align(array[:count], length) if length else None
+            aligned.append((characters, None if owner is None else tables_of(array[:count], owner, length), owner))
+        if self.character_reader is not None and crops is not None:
+            aligned = self._weigh_in_characters(aligned, crops)
+        readings: list[Reading | None] = []
+        vin_tables, vin_rows = [], []
+        for characters, tables, _ in aligned:
             text = "".join(classes[i] for i in characters)
             if tables is None:
                 readings.append(Reading(text, STATUS_UNVERIFIED, 0.0, ()))
@@ -182,6 +215,18 @@ class LineWriter(FileResultWriter):
                 readings[row] = reading
         return self._distrust(readings, several_lines), counts  # type: ignore[arg-type]
 
+    def _weigh_in_characters(self, aligned: list[tuple], crops: list[np.ndarray | None]) -> list[tuple]:
+        """Each photo's (characters, tables, alignment), the tables combined with the character reader's reading of
+        the characters cut where the alignment puts them."""
+        rows = [i for i, (_, tables, _) in enumerate(aligned) if tables is not None and crops[i] is not None]
+        spans = [spans_of(aligned[i][2], len(aligned[i][1])) for i in rows]
+        opinions = read_cut_characters(self.character_reader, [crops[i] for i in rows], spans)
+        combined = list(aligned)
+        for i, opinion in zip(rows, opinions, strict=True):
+            characters, tables, owner = aligned[i]
+            combined[i] = (characters, combine_tables(tables, opinion, self.character_weight), owner)
+        return combined
+
     def write_on_batch_end(
         self,
         trainer: Trainer,
@@ -193,11 +238,11 @@ class LineWriter(FileResultWriter):
         dataloader_idx: int,
     ) -> None:
         """Batches of a character model: (characters, paths, failures, counts, several lines), the prediction the
-        characters' probabilities; of a line model: (images, frames, paths, failures, several lines), the prediction
-        (per-frame probabilities, frames)."""
+        characters' probabilities; of a line model: (images, frames, paths, failures, several lines, line crops),
+        the prediction (per-frame probabilities, frames)."""
         if isinstance(prediction, tuple):
-            _, _, paths, failures, several_lines = batch
-            readings, counts = self.decode_frames(*prediction, pl_module.classes, several_lines)
+            _, _, paths, failures, several_lines, crops = batch
+            readings, counts = self.decode_frames(*prediction, pl_module.classes, several_lines, crops)
         else:
             _, paths, failures, counts, several_lines = batch
             readings = self.decode(prediction, counts, pl_module.classes, several_lines)

@@ -445,7 +445,7 @@ def _crop(ink: np.ndarray, labels: np.ndarray, piece: _Piece) -> np.ndarray:
     return padded
 
 
-def _to_emnist(crop: np.ndarray, size: int = 28, border: int = 2) -> torch.Tensor | None:
+def crop_to_emnist(crop: np.ndarray, size: int = 28, border: int = 2) -> torch.Tensor | None:
     """`emnist_lit.images.prepare_image` for a crop that is already light ink on a dark margin, in numpy and PIL
     (whose antialiased resize torch's follows) at a fraction of its per-call cost; None when it holds no ink."""
     peak = float(crop.max())
@@ -506,7 +506,7 @@ def _segment(image: Image.Image, expected_count: int | None, max_side: int, read
     def prepare(piece: _Piece) -> torch.Tensor | None:
         key = (tuple(piece.labels), piece.left, piece.right, piece.columns)
         if key not in prepared:
-            prepared[key] = _to_emnist(_crop(ink, labels, piece))
+            prepared[key] = crop_to_emnist(_crop(ink, labels, piece))
         return prepared[key]
 
     def unlikeness(candidates: list[_Piece]) -> np.ndarray:

@@ -116,7 +116,8 @@ class EMNISTTrainer(Trainer):
         writer = next(c for c in self.callbacks if isinstance(c, LineWriter))
         paths = list_images(datamodule.hparams.predict_dir, datamodule.hparams.predict_files)
         workers, line_model = datamodule.hparams.predict_workers, isinstance(model, LineRecognizer)
-        loader = line_photo_loader(paths, writer.expected_count, photos_per_batch, workers, line_model)
+        keep_crops = writer.character_reader is not None
+        loader = line_photo_loader(paths, writer.expected_count, photos_per_batch, workers, line_model, keep_crops)
         self.predict(model, dataloaders=loader, ckpt_path=ckpt_path, return_predictions=False)
 
     def serve(

@@ -79,6 +79,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--photos-per-batch", type=int, default=32)
     parser.add_argument("--min-confidence", type=float, help="read's --reading.min_confidence (default: read's)")
+    parser.add_argument("--character-ckpt", help="read's --reading.character_ckpt: a second opinion on a line model's")
     parser.add_argument("--output", type=Path, default=Path("bench/read.json"))
     args = parser.parse_args()
     if not args.ckpt_path:
@@ -110,6 +111,7 @@ def main() -> None:
                     f"--photos_per_batch={args.photos_per_batch}",
                     f"--output={output}",
                     *([f"--reading.min_confidence={args.min_confidence}"] if args.min_confidence is not None else []),
+                    *([f"--reading.character_ckpt={args.character_ckpt}"] if args.character_ckpt else []),
                 ]
             )
         seconds = time.perf_counter() - start
@@ -119,6 +121,7 @@ def main() -> None:
     table = score(truth, rows)
     result = {
         "checkpoint": args.ckpt_path,
+        "character_checkpoint": args.character_ckpt,
         "source": source,
         "photos_per_s": len(rows) / seconds,
         "seconds": seconds,
@@ -129,7 +132,10 @@ def main() -> None:
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2))
-    print(f"{source}\ncheckpoint {args.ckpt_path}")
+    print(
+        f"{source}\ncheckpoint {args.ckpt_path}"
+        + (f", second opinion {args.character_ckpt}" if args.character_ckpt else "")
+    )
     header = f"{'style':>8} {'photos':>6} {'exact':>6} {'chars':>6} {'silent':>7} " + " ".join(
         f"{s:>10}" for s in STATUSES
     )

@@ -14,9 +14,10 @@ from test_read import KNOWN_VIN, ODD_PHOTOS, line_photo, write_odd_photos
 
 from emnist_lit.charsets import BALANCED47_CHARSET, VIN_CHARSET
 from emnist_lit.cli import main
-from emnist_lit.ctc import best_path, character_tables
+from emnist_lit.ctc import align, best_path, character_tables, spans_of
 from emnist_lit.data.lines import LineDataModule, RenderedLines, render_all
 from emnist_lit.errors import CheckpointError
+from emnist_lit.line_ink import TEXT_HEIGHT
 from emnist_lit.line_module import LineRecognizer
 from emnist_lit.line_photos import GlyphBank
 from emnist_lit.prediction import LineWriter
@@ -61,6 +62,14 @@ def test_character_tables_find_a_character_the_best_path_merged_away() -> None:
     assert len(best_path(probs)[0]) == 1
     tables = character_tables(probs, 2)
     assert tables.argmax(1).tolist() == [0, 0]
+
+
+def test_alignment_spans_cover_each_characters_frames() -> None:
+    probs = frames_spelling([("-", 2), ("A", 2), ("-", 1), ("B", 3), ("-", 1), ("L", 1), ("-", 2)])
+    owner = align(probs, 3)
+    assert owner.tolist() == [-1, -1, 0, 0, -1, 1, 1, 1, -1, 2, -1, -1]
+    assert spans_of(owner, 3) == [(2, 3), (5, 7), (9, 9)]
+    assert align(probs, 13) is None
 
 
 def vin_frames(vin: str, doubtful: dict[int, tuple[str, float]] | None = None) -> np.ndarray:
@@ -232,3 +241,83 @@ def test_predict_and_export_refuse_a_line_checkpoint_in_one_line(
         "whole lines: use `read` with it"
     )
     assert not (tmp_path / "bundle").exists()
+
+
+class SureReader(torch.nn.Module):
+    """A stand-in character model that reads every piece as the character at its position in `text`."""
+
+    def __init__(self, text: str, classes: str = VIN_CHARSET) -> None:
+        super().__init__()
+        self.table = torch.nn.functional.one_hot(torch.tensor([classes.index(c) for c in text]), len(classes)) * 0.98
+        self.table += 0.02 / len(classes)
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    def predict_step(self, batch: tuple[torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self.table.repeat(len(batch[0]) // len(self.table), 1)
+
+
+def test_a_second_opinion_settles_what_the_line_model_doubts() -> None:
+    """The line model is torn between G and 6 at position 4: the check digit prefers the G, but the doubts the line
+    model leaves elsewhere keep that below the threshold to vouch for it. A character model that sees the G settles
+    it: the reading is valid and vouched for."""
+    vin = "1M8GDM9AXKP042788"
+    doubtful = vin_frames(vin, {3: ("6", 0.5)})
+    probs, frames = torch.from_numpy(doubtful[None]).float(), torch.tensor([len(doubtful)])
+    crop = np.ones((TEXT_HEIGHT, 2 * len(doubtful)), np.float32)
+    alone = LineWriter(format="vin", min_confidence=0.95)
+    with_opinion = LineWriter(format="vin", min_confidence=0.95)
+    with_opinion.character_reader = SureReader(vin)  # type: ignore[assignment]
+    first = alone.decode_frames(probs, frames, VIN_CHARSET, crops=[crop])[0][0]
+    second = with_opinion.decode_frames(probs, frames, VIN_CHARSET, crops=[crop])[0][0]
+    assert first.confidence < 0.95 and first.status == "unverified"
+    assert (second.text, second.status) == (vin, "valid") and second.confidence > 0.95
+    weighed = with_opinion.decode_frames(probs, frames, VIN_CHARSET, crops=[None])[0][0]
+    assert weighed == first, "a photo without its crop is read by the line model alone"
+
+
+@pytest.fixture(scope="module")
+def vin_character_checkpoint(emnist_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    cnn = ["--model.backbone=cnn", "--model.width=8", "--trainer.max_epochs=1", "--test_after_fit=false"]
+    logs = tmp_path_factory.mktemp("vin_chars")
+    fit = main(["fit", *smoke_args(emnist_root, logs, *cnn, "--data.charset=vin33")])
+    return Path(fit.trainer.checkpoint_callback.best_model_path)
+
+
+def test_read_with_a_second_opinion_reads_every_photo(
+    line_checkpoint: Path, vin_character_checkpoint: Path, tmp_path: Path, capsys
+) -> None:
+    photos = write_odd_photos(tmp_path / "photos")
+    (photos / "h_truncated.png").unlink()
+    line_photo(KNOWN_VIN).save(photos / "vin.png")
+    output = tmp_path / "read.csv"
+    args = [f"--ckpt_path={line_checkpoint}", f"--data.predict_dir={photos}", f"--output={output}"]
+    main(["read", *args, f"--reading.character_ckpt={vin_character_checkpoint}"])
+    captured = capsys.readouterr()
+    assert captured.err == ""
+    names = sorted(p.name for p in photos.iterdir())
+    assert [Path(line.rsplit(", ", 1)[1]).name for line in captured.out.splitlines()] == names
+    with output.open(newline="") as handle:
+        rows = {Path(row["path"]).name: row for row in csv.DictReader(handle)}
+    assert sorted(rows) == names and len(rows["vin.png"]["text"]) == 17
+
+
+def test_read_refuses_a_wrong_second_opinion_by_name(
+    line_checkpoint: Path, trained_checkpoint: Path, tmp_path: Path, capsys
+) -> None:
+    line_photo(KNOWN_VIN).save(tmp_path / "vin.png")
+    photo = f"--data.predict_files=[{tmp_path / 'vin.png'}]"
+    missing = tmp_path / "missing.ckpt"
+    cases = {
+        (line_checkpoint, missing): f"error: checkpoint {missing}: no such file",
+        (line_checkpoint, line_checkpoint): f"error: checkpoint {line_checkpoint}: holds a line model",
+        (line_checkpoint, trained_checkpoint): f"error: checkpoint {trained_checkpoint}: reads the classes",
+        (trained_checkpoint, trained_checkpoint): f"error: reading.character_ckpt {trained_checkpoint}: a second",
+    }
+    for (ckpt, opinion), message in cases.items():
+        with pytest.raises(SystemExit) as exit_info:
+            main(["read", f"--ckpt_path={ckpt}", photo, f"--reading.character_ckpt={opinion}"])
+        assert str(exit_info.value).startswith(message), str(exit_info.value)
+        assert capsys.readouterr().out == "", "refused before any photo is read"

@@ -285,7 +285,7 @@ def test_real_handwriting_lines(style: str) -> None:
 
 
 def test_crops_are_prepared_exactly_as_prepare_image_does() -> None:
-    from emnist_lit.segment import _to_emnist
+    from emnist_lit.segment import crop_to_emnist
 
     rng = np.random.default_rng(0)
     for _ in range(50):
@@ -294,5 +294,5 @@ def test_crops_are_prepared_exactly_as_prepare_image_does() -> None:
         crop[2:-2, 2:-2] = np.clip(rng.random((height, width)) * 1.5 - 0.3, 0, 1) * (rng.random((height, width)) < 0.5)
         if crop.max() <= 0.05:
             continue
-        assert torch.allclose(_to_emnist(crop), prepare_image(torch.from_numpy(crop)), atol=1e-4)
-    assert _to_emnist(np.zeros((10, 10), np.float32)) is None
+        assert torch.allclose(crop_to_emnist(crop), prepare_image(torch.from_numpy(crop)), atol=1e-4)
+    assert crop_to_emnist(np.zeros((10, 10), np.float32)) is None
