@@ -6,6 +6,7 @@ size, and reads separated characters better (bench-read: 0.73 against 0.72 of ti
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -26,12 +27,14 @@ WHOLE_SHARE = 0.7
 wider is two or more touching characters and is sliced at the cuts."""
 
 
-def cut_characters(crop: np.ndarray, spans: list[tuple[int, int]]) -> torch.Tensor:
-    """EMNIST-like images (len(spans), 1, 28, 28) of the characters of a line, cut from its `line_ink.line_crop`
-    (full resolution: a character model reads a character best at the size it was trained on); `spans` are each
-    character's first and last frame (`ctc.spans_of`) of the line model's input made from that crop. Cuts
-    fall halfway between neighbouring characters' centres; each piece keeps the blobs it holds and its neighbours
-    lose theirs. A piece without ink is all zeros."""
+def cut_characters(
+    crop: np.ndarray, spans: list[tuple[int, int]], positions: Sequence[int] | None = None
+) -> torch.Tensor:
+    """EMNIST-like images (len(positions), 1, 28, 28) of characters of a line (all, by default), cut from its
+    `line_ink.line_crop` (full resolution: a character model reads a character best at the size it was trained
+    on); `spans` are every character's first and last frame (`ctc.spans_of`) of the line model's input made from
+    that crop. Cuts fall halfway between neighbouring characters' centres; each piece keeps the blobs it holds and
+    its neighbours lose theirs. A piece without ink is all zeros."""
     height, width = crop.shape
     columns_per_input = width / max(1, round(width * TEXT_HEIGHT / height))  # as line_ink.scale_line resizes it
     centres = [((first + last + 1) / 2 * FRAME_STRIDE - LINE_MARGIN) * columns_per_input for first, last in spans]
@@ -46,8 +49,9 @@ def cut_characters(crop: np.ndarray, spans: list[tuple[int, int]]) -> torch.Tens
     owner[0] = -1
     boxes = ndimage.find_objects(labels)
     bounds = np.concatenate([[0], cuts, [width]])
-    pieces = torch.zeros(len(spans), 1, 28, 28)
-    for k in range(len(spans)):
+    positions = range(len(spans)) if positions is None else positions
+    pieces = torch.zeros(len(positions), 1, 28, 28)
+    for piece, k in enumerate(positions):
         blobs = np.flatnonzero(owner == k)
         left = min([bounds[k], *(boxes[b - 1][1].start for b in blobs)])
         right = max([bounds[k + 1], *(boxes[b - 1][1].stop for b in blobs)])
@@ -58,7 +62,7 @@ def cut_characters(crop: np.ndarray, spans: list[tuple[int, int]]) -> torch.Tens
             kept = np.where(ndimage.binary_dilation(mine), crop[:, left:right], 0.0).astype(np.float32)
             prepared = crop_to_emnist(np.pad(kept, 2))
             if prepared is not None:
-                pieces[k] = prepared
+                pieces[piece] = prepared
     return pieces
 
 
@@ -88,11 +92,14 @@ def load_character_reader(path: str, classes: str) -> EMNISTClassifier:
 
 
 def read_cut_characters(
-    reader: EMNISTClassifier, crops: list[np.ndarray], spans: list[list[tuple[int, int]]]
+    reader: EMNISTClassifier,
+    crops: list[np.ndarray],
+    spans: list[list[tuple[int, int]]],
+    positions: list[Sequence[int]],
 ) -> list[np.ndarray]:
-    """The character model's calibrated class probabilities (n, K) for the characters of each line, all lines' in
-    one forward pass."""
-    pieces = [cut_characters(crop, line_spans) for crop, line_spans in zip(crops, spans, strict=True)]
+    """The character model's calibrated class probabilities (len(positions), K) for the characters at `positions`
+    of each line, all lines' in one forward pass."""
+    pieces = [cut_characters(*line) for line in zip(crops, spans, positions, strict=True)]
     if not pieces:
         return []
     with torch.inference_mode():

@@ -106,6 +106,7 @@ class LineWriter(FileResultWriter):
         top_k: int = 3,
         character_ckpt: str | None = None,
         character_weight: float = 0.5,
+        character_below: float = 0.999,
     ) -> None:
         """
         Args:
@@ -117,15 +118,19 @@ class LineWriter(FileResultWriter):
             character_ckpt: with a line model, a character model of the same classes (`vin_reader`) that reads each
                 character where the line model places it, for a second opinion (`line_cuts`).
             character_weight: the character model's share of the two opinions (a weighted geometric mean).
+            character_below: the character model reads only the characters the line model gives less than this
+                probability: it read half of them at 0.999, as fast again, and changed no more than one photo in 200.
         """
         super().__init__(output, ["path", "text", "status", "confidence", "characters", f"top{top_k}_per_character"])
         if not 0.0 <= min_confidence <= 1.0:
             raise ValueError(f"min_confidence {min_confidence}: must be between 0 and 1")
-        if not 0.0 <= character_weight <= 1.0:
-            raise ValueError(f"character_weight {character_weight}: must be between 0 and 1")
+        for name, value in (("character_weight", character_weight), ("character_below", character_below)):
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} {value}: must be between 0 and 1")
         self.format, self.check_digit = format, check_digit
         self.min_confidence, self.top_k = min_confidence, top_k
-        self.character_ckpt, self.character_weight = character_ckpt, character_weight
+        self.character_ckpt = character_ckpt
+        self.character_weight, self.character_below = character_weight, character_below
         self.character_reader: EMNISTClassifier | None = None
 
     def load_character_reader(self, classes: str) -> None:
@@ -220,11 +225,14 @@ class LineWriter(FileResultWriter):
         the characters cut where the alignment puts them."""
         rows = [i for i, (_, tables, _) in enumerate(aligned) if tables is not None and crops[i] is not None]
         spans = [spans_of(aligned[i][2], len(aligned[i][1])) for i in rows]
-        opinions = read_cut_characters(self.character_reader, [crops[i] for i in rows], spans)
+        doubted = [np.flatnonzero(aligned[i][1].max(1) < self.character_below) for i in rows]
+        opinions = read_cut_characters(self.character_reader, [crops[i] for i in rows], spans, doubted)
         combined = list(aligned)
-        for i, opinion in zip(rows, opinions, strict=True):
+        for i, positions, opinion in zip(rows, doubted, opinions, strict=True):
             characters, tables, owner = aligned[i]
-            combined[i] = (characters, combine_tables(tables, opinion, self.character_weight), owner)
+            tables = tables.copy()
+            tables[positions] = combine_tables(tables[positions], opinion, self.character_weight)
+            combined[i] = (characters, tables, owner)
         return combined
 
     def write_on_batch_end(

@@ -244,18 +244,21 @@ def test_predict_and_export_refuse_a_line_checkpoint_in_one_line(
 
 
 class SureReader(torch.nn.Module):
-    """A stand-in character model that reads every piece as the character at its position in `text`."""
+    """A stand-in character model that reads every piece as the character at its position in `text` (all of them
+    asked about, or none), counting the pieces it is shown."""
 
     def __init__(self, text: str, classes: str = VIN_CHARSET) -> None:
         super().__init__()
         self.table = torch.nn.functional.one_hot(torch.tensor([classes.index(c) for c in text]), len(classes)) * 0.98
         self.table += 0.02 / len(classes)
+        self.pieces_read = 0
 
     @property
     def device(self) -> torch.device:
         return torch.device("cpu")
 
     def predict_step(self, batch: tuple[torch.Tensor], batch_idx: int) -> torch.Tensor:
+        self.pieces_read += len(batch[0])
         return self.table.repeat(len(batch[0]) // len(self.table), 1)
 
 
@@ -274,8 +277,13 @@ def test_a_second_opinion_settles_what_the_line_model_doubts() -> None:
     second = with_opinion.decode_frames(probs, frames, VIN_CHARSET, crops=[crop])[0][0]
     assert first.confidence < 0.95 and first.status == "unverified"
     assert (second.text, second.status) == (vin, "valid") and second.confidence > 0.95
+    assert with_opinion.character_reader.pieces_read == 17
     weighed = with_opinion.decode_frames(probs, frames, VIN_CHARSET, crops=[None])[0][0]
     assert weighed == first, "a photo without its crop is read by the line model alone"
+    trusting = LineWriter(format="vin", min_confidence=0.95, character_below=0.4)
+    trusting.character_reader = SureReader(vin)  # type: ignore[assignment]
+    assert trusting.decode_frames(probs, frames, VIN_CHARSET, crops=[crop])[0][0] == first
+    assert trusting.character_reader.pieces_read == 0, "characters the line model is sure of are not read again"
 
 
 @pytest.fixture(scope="module")
