@@ -1,7 +1,7 @@
 """A second opinion on a line model's reading: the line image cut where the line model's best alignment puts each
 character, each piece read by a character model, and the two readers' per-character tables weighed together. The
 line model finds touching characters that a segmenter cannot part; a character model sees each one whole, at full
-size, and reads separated characters better (bench-read: 0.73 against 0.72 of tiled photos exact, fused 0.77)."""
+size (bench-read on 420 tiled photos: 0.717 exact by the line model alone, 0.776 with this second opinion)."""
 
 from __future__ import annotations
 
