@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from emnist_lit.data.lines import pad_lines
@@ -70,15 +71,22 @@ class LineImageFiles(Dataset):
             image = open_image(path)
         except READ_ERRORS as err:
             return None, path, str(err) or type(err).__name__, None
-        try:
-            found = find_line_ink(image)
-            if isinstance(found, str):
-                return np.zeros((28, 8), np.float32), path, NO_INK, None
-            crop = line_crop(found)
-            note = SEVERAL_LINES if count_ink_bands(found.binary) > 1 else ""
-            return scale_line(crop), path, note, crop if self.keep_crops else None
-        except Exception:  # one odd photo must not stop a batch; the writer marks it unverified
-            return np.zeros((28, 8), np.float32), path, NO_INK, None
+        line, note, crop = prepare_line(image, self.keep_crops)
+        return line, path, note, crop
+
+
+def prepare_line(image: Image.Image, keep_crop: bool = False) -> tuple[np.ndarray, str, np.ndarray | None]:
+    """A decoded photo as a line model's input, its note (NO_INK, SEVERAL_LINES or none) and, with `keep_crop`, the
+    line at its own resolution. Never raises: one odd photo must not stop a batch; the writer marks it unverified."""
+    try:
+        found = find_line_ink(image)
+        if isinstance(found, str):
+            return np.zeros((28, 8), np.float32), NO_INK, None
+        crop = line_crop(found)
+        note = SEVERAL_LINES if count_ink_bands(found.binary) > 1 else ""
+        return scale_line(crop), note, crop if keep_crop else None
+    except Exception:
+        return np.zeros((28, 8), np.float32), NO_INK, None
 
 
 def collate_line_images(items: list[tuple[np.ndarray | None, str, str, np.ndarray | None]]) -> tuple:

@@ -27,9 +27,12 @@ from starlette.routing import Route
 from emnist_lit.checkpoints import load_checkpoint
 from emnist_lit.errors import CheckpointError
 from emnist_lit.images import IMAGE_FORMATS, prepare_image, to_grayscale
+from emnist_lit.line_files import collate_line_images, prepare_line
+from emnist_lit.line_module import LineRecognizer
 from emnist_lit.module import EMNISTClassifier
 from emnist_lit.prediction import LineWriter
 from emnist_lit.segment import segment_line
+from emnist_lit.vin import Reading
 
 MAX_BODY_BYTES = 8 * 1024 * 1024
 """Largest upload accepted; a phone photo of a VIN fits, a stray video does not."""
@@ -250,19 +253,52 @@ def line_reader(model: EMNISTClassifier, reading: LineWriter) -> LineReader:
         segmentation = segment_line(image, expected_count=reading.expected_count)
         with torch.inference_mode():
             probs = model.predict_step((segmentation.characters,), 0)
-        result = reading.decode(probs, [len(segmentation)], model.classes, [segmentation.several_lines])[0]
-        alternatives = [[[char, prob] for char, prob in position] for position in result.alternatives]
-        return {
-            "text": result.text,
-            "status": result.status,
-            "confidence": result.confidence,
-            "alternatives": alternatives,
-        }
+        return answer(reading.decode(probs, [len(segmentation)], model.classes, [segmentation.several_lines])[0])
 
     return read_line
 
 
-def serve(ckpt_path: str, host: str = "127.0.0.1", port: int = 7860, reading: LineWriter | None = None) -> None:
+def answer(result: Reading) -> dict[str, Any]:
+    """A reading as the page's line mode shows it."""
+    alternatives = [[[char, prob] for char, prob in position] for position in result.alternatives]
+    return {"text": result.text, "status": result.status, "confidence": result.confidence, "alternatives": alternatives}
+
+
+def whole_line_reader(line_model: LineRecognizer, reading: LineWriter) -> LineReader:
+    """The page's line mode with a line model, as `read` reads with one: the photo prepared as `read`'s workers
+    prepare it, the whole line read at once, decoded with `reading`'s rules and, when `reading` holds a character
+    reader, its second opinion."""
+
+    def read_line(gray: torch.Tensor) -> dict[str, Any]:
+        image = Image.fromarray((gray.clamp(0, 1) * 255).round().to(torch.uint8).numpy(), mode="L")
+        line, note, crop = prepare_line(image, keep_crop=reading.character_reader is not None)
+        images, frames, _, _, several, crops = collate_line_images([(line, "upload", note, crop)])
+        with torch.inference_mode():
+            probs, frames = line_model.predict_step((images, frames), 0)
+        return answer(reading.decode_frames(probs, frames, line_model.classes, several, crops)[0][0])
+
+    return read_line
+
+
+def load_line_model(ckpt_path: str | Path) -> LineRecognizer:
+    """A line model's checkpoint for the page's line mode, read as data, refused by name if it holds another kind."""
+    checkpoint = load_checkpoint(ckpt_path)
+    kind = checkpoint.get("hyper_parameters", {}).get("_class_path", "emnist_lit.module.EMNISTClassifier")
+    if kind != "emnist_lit.line_module.LineRecognizer":
+        raise CheckpointError(
+            f"checkpoint {ckpt_path}: holds a {kind.rsplit('.', 1)[-1]}, but --line_ckpt takes a line model "
+            "(LineRecognizer, configs/line_reader.yaml)"
+        )
+    return LineRecognizer.load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True).eval()
+
+
+def serve(
+    ckpt_path: str,
+    host: str = "127.0.0.1",
+    port: int = 7860,
+    reading: LineWriter | None = None,
+    line_ckpt: str | None = None,
+) -> None:
     """Serve the demo page for a checkpoint at http://HOST:PORT/ until Ctrl-C.
 
     Args:
@@ -270,10 +306,20 @@ def serve(ckpt_path: str, host: str = "127.0.0.1", port: int = 7860, reading: Li
         host: the interface to listen on; the default keeps the page on this machine.
         port: the TCP port.
         reading: how uploaded lines are decoded (format, check digit, confidence threshold); a VIN by default.
+        line_ckpt: a line model for the page's line mode; the character model of `ckpt_path` then gives it its
+            second opinion when both read the same classes.
     """
     import uvicorn
 
     model, info = load_demo_model(ckpt_path)
-    app = create_app(model, info, line_reader=line_reader(model, reading or LineWriter()))
+    reading = reading or LineWriter()
+    if line_ckpt:
+        line_model = load_line_model(line_ckpt)
+        if line_model.classes == model.classes:
+            reading.character_reader = model
+        reader = whole_line_reader(line_model, reading)
+    else:
+        reader = line_reader(model, reading)
+    app = create_app(model, info, line_reader=reader)
     print(f"serving {info['checkpoint']} ({len(model.classes)} classes) at http://{host}:{port}/", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")

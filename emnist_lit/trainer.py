@@ -127,17 +127,21 @@ class EMNISTTrainer(Trainer):
         ckpt_path: str,
         host: str = "127.0.0.1",
         port: int = 7860,
+        line_ckpt: str | None = None,
     ) -> None:
         """Serve the demo page (draw a character, or upload a photo of one or of a whole line) for a checkpoint at
         http://HOST:PORT/; lines are decoded with the `reading` options, as `read` does. Needs the `demo` extra.
 
         Args:
-            ckpt_path: the checkpoint to serve.
+            ckpt_path: the character model to serve.
             host: the interface to listen on; the default keeps the page on this machine.
             port: the TCP port.
+            line_ckpt: a line model (`line_reader`) that reads uploaded lines, with the character model's second
+                opinion; without it, lines are cut into characters.
         """
         try:
             from emnist_lit.serve import serve
         except ImportError as err:
             raise EMNISTConfigError(f"serve needs the demo extra ({err}): pip install -e '.[demo]'") from err
-        serve(ckpt_path, host, port, reading=next((c for c in self.callbacks if isinstance(c, LineWriter)), None))
+        reading = next((c for c in self.callbacks if isinstance(c, LineWriter)), None)
+        serve(ckpt_path, host, port, reading=reading, line_ckpt=line_ckpt)

@@ -329,3 +329,41 @@ def test_read_refuses_a_wrong_second_opinion_by_name(
             main(["read", f"--ckpt_path={ckpt}", photo, f"--reading.character_ckpt={opinion}"])
         assert str(exit_info.value).startswith(message), str(exit_info.value)
         assert capsys.readouterr().out == "", "refused before any photo is read"
+
+
+def test_the_demo_page_reads_lines_with_a_line_model_as_read_does(
+    line_checkpoint: Path, vin_character_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """`serve --line_ckpt`: the page's line mode reads an upload with the line model and the served character
+    model's second opinion, and answers what `read` prints for the same photo with both."""
+    import uvicorn
+    from starlette.testclient import TestClient
+
+    from emnist_lit.serve import serve
+
+    photo = tmp_path / "vin.png"
+    line_photo(KNOWN_VIN).save(photo)
+
+    def read_csv_row(*extra: str) -> dict[str, str]:
+        output = tmp_path / "read.csv"
+        main(
+            ["read", f"--ckpt_path={line_checkpoint}", f"--data.predict_files=[{photo}]", f"--output={output}", *extra]
+        )
+        capsys.readouterr()
+        with output.open(newline="") as handle:
+            return next(csv.DictReader(handle))
+
+    alone = read_csv_row()
+    both = read_csv_row(f"--reading.character_ckpt={vin_character_checkpoint}")
+    assert both["top3_per_character"] != alone["top3_per_character"], "the second opinion changes the tables"
+
+    apps = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: apps.append(app))
+    serve(str(vin_character_checkpoint), line_ckpt=str(line_checkpoint))
+    answer = TestClient(apps[0]).post("/api/predict?mode=line", content=photo.read_bytes()).json()
+    assert (answer["text"], answer["status"]) == (both["text"], both["status"])
+    shown = " | ".join(" ".join(f"{c}:{p:.4f}" for c, p in position) for position in answer["alternatives"])
+    assert shown == both["top3_per_character"]
+
+    with pytest.raises(CheckpointError, match=f"checkpoint {vin_character_checkpoint}: holds a EMNISTClassifier"):
+        serve(str(vin_character_checkpoint), line_ckpt=str(vin_character_checkpoint))
