@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
+from lightning.pytorch import LightningModule
 
 from emnist_lit.charsets import resolve_charset
 from emnist_lit.errors import CheckpointError
+
+ModelT = TypeVar("ModelT", bound=LightningModule)
 
 CKPT_KEYWORDS = ("last", "best", "hpc")
 """`ckpt_path` values Lightning resolves itself rather than reading as a file name."""
@@ -29,6 +32,16 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
         raise CheckpointError(f"checkpoint {path}: not a Lightning checkpoint (a PyTorch file without 'state_dict')")
     return checkpoint
+
+
+def load_model_of_kind(path: str | Path, expected: type[ModelT], wanted: str) -> tuple[ModelT, dict[str, Any]]:
+    """The model of a checkpoint (read as data, on the CPU, in eval mode) and the checkpoint, refused by name when
+    it holds another kind of model than `expected`; `wanted` says what the caller takes instead."""
+    checkpoint = load_checkpoint(path)
+    kind = checkpoint.get("hyper_parameters", {}).get("_class_path", "emnist_lit.module.EMNISTClassifier")
+    if kind != f"{expected.__module__}.{expected.__qualname__}":
+        raise CheckpointError(f"checkpoint {path}: holds a {kind.rsplit('.', 1)[-1]}, but {wanted}")
+    return expected.load_from_checkpoint(path, map_location="cpu", weights_only=True).eval(), checkpoint
 
 
 def _describe_load_failure(err: Exception) -> str:

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from emnist_lit.checkpoints import load_checkpoint
+from emnist_lit.checkpoints import load_model_of_kind
 from emnist_lit.errors import CheckpointError
 from emnist_lit.line_ink import LINE_MARGIN, TEXT_HEIGHT
 from emnist_lit.line_model import FRAME_STRIDE
@@ -79,16 +79,14 @@ def combine_tables(line_tables: np.ndarray, character_probs: np.ndarray, charact
 def load_character_reader(path: str, classes: str) -> EMNISTClassifier:
     """The character model of `path` for a second opinion on a line model of `classes`, refused by name when it is
     a line model itself or reads other characters."""
-    checkpoint = load_checkpoint(path)
-    hparams = checkpoint.get("hyper_parameters", {})
-    if any(key.startswith("net.context.") for key in checkpoint["state_dict"]):
-        raise CheckpointError(f"checkpoint {path}: holds a line model; reading.character_ckpt takes a character model")
-    if hparams.get("classes") != classes:
+    wanted = "reading.character_ckpt takes a character model (EMNISTClassifier, configs/vin_reader.yaml)"
+    reader, _ = load_model_of_kind(path, EMNISTClassifier, wanted)
+    if reader.classes != classes:
         raise CheckpointError(
-            f"checkpoint {path}: reads the classes {hparams.get('classes')!r}, but the line model reads {classes!r}; "
+            f"checkpoint {path}: reads the classes {reader.classes!r}, but the line model reads {classes!r}; "
             "reading.character_ckpt needs a character model of the same classes (configs/vin_reader.yaml)"
         )
-    return EMNISTClassifier.load_from_checkpoint(path, map_location="cpu", weights_only=True).eval()
+    return reader
 
 
 def read_cut_characters(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, get_args
@@ -262,26 +262,36 @@ def write_line_photos(
     for style in styles:
         if style not in LINE_STYLES:
             raise ValueError(f"style {style!r}: use one of {LINE_STYLES}")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     bank = GlyphBank(images, labels, classes)
-    rng = np.random.default_rng(seed)
-    written: list[tuple[Path, str, LineStyle]] = []
-    for index in range(n):
-        style = styles[index % len(styles)]
+
+    def draw(style: LineStyle, rng: np.random.Generator) -> tuple[str, bytes, str]:
         text = random_vin(rng) if kind == "vin" else random_text(rng, bank.available)
         photo = render_line(text, bank, None, classes, style, rng)
-        data, suffix = encode_photo(photo.image, rng)
+        return (text, *encode_photo(photo.image, rng))
+
+    return write_photo_set(out_dir, n, styles, seed, draw)  # type: ignore[return-value]
+
+
+PhotoDrawer = Callable[[str, np.random.Generator], tuple[str, bytes, str]]
+"""Draws one photo of a style: (its text, its encoded bytes, the file suffix)."""
+
+
+def write_photo_set(
+    out_dir: str | Path, n: int, styles: Sequence[str], seed: int, draw: PhotoDrawer
+) -> list[tuple[Path, str, str]]:
+    """`n` photos drawn by `draw` (styles taken in turn, one random generator seeded `seed` for all), each written
+    atomically, and `out_dir`/labels.csv: `path,text,style` per photo, paths relative to `out_dir`, as `bench_read
+    --photo-dir` reads them."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    written: list[tuple[Path, str, str]] = []
+    for index in range(n):
+        style = styles[index % len(styles)]
+        text, data, suffix = draw(style, rng)
         path = out_dir / f"{index:06d}_{style}{suffix}"
         write_atomically(path, lambda tmp, data=data: tmp.write_bytes(data))
         written.append((path, text, style))
-    write_labels(out_dir, written)
-    return written
-
-
-def write_labels(out_dir: Path, written: Sequence[tuple[Path, str, str]]) -> None:
-    """`out_dir`/labels.csv, atomically: `path,text,style` per photo, paths relative to `out_dir`, as `bench_read
-    --photo-dir` reads them."""
 
     def write_csv(tmp: Path) -> None:
         with tmp.open("w", newline="") as file:
@@ -290,3 +300,4 @@ def write_labels(out_dir: Path, written: Sequence[tuple[Path, str, str]]) -> Non
             writer.writerows((path.name, text, style) for path, text, style in written)
 
     write_atomically(out_dir / "labels.csv", write_csv)
+    return written

@@ -24,8 +24,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from emnist_lit.checkpoints import load_checkpoint
-from emnist_lit.errors import CheckpointError
+from emnist_lit.checkpoints import load_model_of_kind
 from emnist_lit.images import IMAGE_FORMATS, prepare_image, to_grayscale
 from emnist_lit.line_files import collate_line_images, prepare_line
 from emnist_lit.line_module import LineRecognizer
@@ -64,14 +63,8 @@ class DemoInputError(Exception):
 def load_demo_model(ckpt_path: str | Path) -> tuple[EMNISTClassifier, dict[str, Any]]:
     """The model of a checkpoint, read as data (`weights_only`), in eval mode on the CPU, and what the page shows
     about it: file name, charset, backbone, and the accuracies the checkpoint stores."""
-    checkpoint = load_checkpoint(ckpt_path)
-    kind = checkpoint.get("hyper_parameters", {}).get("_class_path", "emnist_lit.module.EMNISTClassifier")
-    if kind != "emnist_lit.module.EMNISTClassifier":
-        raise CheckpointError(
-            f"checkpoint {ckpt_path}: holds a {kind.rsplit('.', 1)[-1]}, but the demo page reads single characters "
-            "with a character model (EMNISTClassifier): pass a character model's checkpoint"
-        )
-    model = EMNISTClassifier.load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True).eval()
+    wanted = "the demo page reads single characters with a character model (EMNISTClassifier): pass a character "
+    model, checkpoint = load_model_of_kind(ckpt_path, EMNISTClassifier, wanted + "model's checkpoint")
     return model, checkpoint_info(Path(ckpt_path).name, checkpoint)
 
 
@@ -282,14 +275,8 @@ def whole_line_reader(line_model: LineRecognizer, reading: LineWriter) -> LineRe
 
 def load_line_model(ckpt_path: str | Path) -> LineRecognizer:
     """A line model's checkpoint for the page's line mode, read as data, refused by name if it holds another kind."""
-    checkpoint = load_checkpoint(ckpt_path)
-    kind = checkpoint.get("hyper_parameters", {}).get("_class_path", "emnist_lit.module.EMNISTClassifier")
-    if kind != "emnist_lit.line_module.LineRecognizer":
-        raise CheckpointError(
-            f"checkpoint {ckpt_path}: holds a {kind.rsplit('.', 1)[-1]}, but --line_ckpt takes a line model "
-            "(LineRecognizer, configs/line_reader.yaml)"
-        )
-    return LineRecognizer.load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True).eval()
+    wanted = "--line_ckpt takes a line model (LineRecognizer, configs/line_reader.yaml)"
+    return load_model_of_kind(ckpt_path, LineRecognizer, wanted)[0]
 
 
 def serve(

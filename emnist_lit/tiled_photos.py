@@ -16,8 +16,7 @@ import torch
 from PIL import Image, ImageFilter
 from scipy import ndimage
 
-from emnist_lit.atomic import write_atomically
-from emnist_lit.line_photos import GlyphBank, random_vin, write_labels
+from emnist_lit.line_photos import GlyphBank, random_vin, write_photo_set
 
 TiledStyle = Literal["tiles", "touching", "comb", "grid", "phone", "thin", "rotated"]
 """tiles: tiles edge to edge, black on white; touching: tiles overlapping by 8-10 of their 28 pixels; comb: a form's
@@ -125,22 +124,16 @@ def write_tiled_photos(
     for style in styles:
         if style not in TILED_STYLES:
             raise ValueError(f"style {style!r}: use one of {TILED_STYLES}")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     bank = GlyphBank(images, labels, classes)
-    rng = np.random.default_rng(seed)
-    written: list[tuple[Path, str, str]] = []
-    for index in range(n):
-        style = styles[index % len(styles)]
+
+    def draw(style: TiledStyle, rng: np.random.Generator) -> tuple[str, bytes, str]:
         text = random_vin(rng)
         image, quality = render_tiled(text, bank, style, rng)
         buffer = io.BytesIO()
-        image.save(
-            buffer, format="PNG" if quality is None else "JPEG", **({} if quality is None else {"quality": quality})
-        )
-        data = buffer.getvalue()
-        path = out_dir / f"{index:06d}_{style}.{'png' if quality is None else 'jpg'}"
-        write_atomically(path, lambda tmp, data=data: tmp.write_bytes(data))
-        written.append((path, text, style))
-    write_labels(out_dir, written)
-    return written
+        if quality is None:
+            image.save(buffer, format="PNG")
+            return text, buffer.getvalue(), ".png"
+        image.save(buffer, format="JPEG", quality=quality)
+        return text, buffer.getvalue(), ".jpg"
+
+    return write_photo_set(out_dir, n, styles, seed, draw)  # type: ignore[arg-type]

@@ -320,7 +320,7 @@ def test_read_refuses_a_wrong_second_opinion_by_name(
     missing = tmp_path / "missing.ckpt"
     cases = {
         (line_checkpoint, missing): f"error: checkpoint {missing}: no such file",
-        (line_checkpoint, line_checkpoint): f"error: checkpoint {line_checkpoint}: holds a line model",
+        (line_checkpoint, line_checkpoint): f"error: checkpoint {line_checkpoint}: holds a LineRecognizer, but",
         (line_checkpoint, trained_checkpoint): f"error: checkpoint {trained_checkpoint}: reads the classes",
         (trained_checkpoint, trained_checkpoint): f"error: reading.character_ckpt {trained_checkpoint}: a second",
     }
