@@ -28,13 +28,6 @@ def best_path(probs: np.ndarray) -> tuple[list[int], list[float]]:
     return characters, confidences
 
 
-def character_tables(probs: np.ndarray, length: int) -> np.ndarray | None:
-    """Per-character class probabilities (length, K) of the best alignment of the frames with exactly `length`
-    characters (`align`), or None when there are too few frames for that many."""
-    owner = align(probs, length)
-    return None if owner is None else tables_of(probs, owner, length)
-
-
 def tables_of(probs: np.ndarray, owner: np.ndarray, length: int) -> np.ndarray:
     """Each character's table in an alignment (`align`): the sum of its frames' class probabilities, normalised, so
     the VIN decoder chooses among the classes with the model's own uncertainty."""

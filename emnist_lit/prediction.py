@@ -119,7 +119,8 @@ class LineWriter(FileResultWriter):
                 character where the line model places it, for a second opinion (`line_cuts`).
             character_weight: the character model's share of the two opinions (a weighted geometric mean).
             character_below: the character model reads only the characters the line model gives less than this
-                probability: it read half of them at 0.999, as fast again, and changed no more than one photo in 200.
+                probability: at 0.999 about half of them, 1.3-1.5x as fast as reading all, with the same exact
+                rates on 840 generated photos (one photo fewer in each of two sets of 420 tiled ones).
         """
         super().__init__(output, ["path", "text", "status", "confidence", "characters", f"top{top_k}_per_character"])
         if not 0.0 <= min_confidence <= 1.0:

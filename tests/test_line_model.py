@@ -14,7 +14,7 @@ from test_read import KNOWN_VIN, ODD_PHOTOS, line_photo, write_odd_photos
 
 from emnist_lit.charsets import BALANCED47_CHARSET, VIN_CHARSET
 from emnist_lit.cli import main
-from emnist_lit.ctc import align, best_path, character_tables, spans_of
+from emnist_lit.ctc import align, best_path, spans_of, tables_of
 from emnist_lit.data.lines import LineDataModule, RenderedLines, render_all
 from emnist_lit.errors import CheckpointError
 from emnist_lit.line_ink import TEXT_HEIGHT
@@ -42,6 +42,12 @@ def test_best_path_merges_repeated_frames_and_drops_blanks() -> None:
     characters, confidences = best_path(probs)
     assert "".join(CLASSES[i] for i in characters) == "AABL"
     assert confidences == pytest.approx([0.96] * 4)
+
+
+def character_tables(probs: np.ndarray, length: int) -> np.ndarray | None:
+    """The per-character tables of the best alignment with `length` characters, as `read` takes them."""
+    owner = align(probs, length)
+    return None if owner is None else tables_of(probs, owner, length)
 
 
 def test_character_tables_put_each_character_where_its_frames_are() -> None:
