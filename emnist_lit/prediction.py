@@ -7,7 +7,7 @@ import csv
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -90,6 +90,15 @@ def write_csv(path: str | Path, header: list[str], rows: list[list[str]]) -> Non
             writer.writerows(rows)
 
     write_atomically(path, write)
+
+
+class AlignedLine(NamedTuple):
+    """A line model's reading of one photo: its best path's characters, and the tables and frame owners (`ctc.align`)
+    of its best alignment with the characters asked for (None when there are too few frames)."""
+
+    characters: list[int]
+    tables: np.ndarray | None
+    owner: np.ndarray | None
 
 
 class LineWriter(FileResultWriter):
@@ -191,14 +200,15 @@ class LineWriter(FileResultWriter):
         best path does not hold 17 characters. Free text takes the tables of the best path's characters. Given a
         character reader and each photo's `line_ink.line_crop`, the tables weigh in its reading of each character."""
         arrays = probs.float().cpu().numpy()
-        aligned = []
+        aligned: list[AlignedLine] = []
         counts = []
         for array, count in zip(arrays, frames.tolist(), strict=True):
             characters, _ = best_path(array[:count]) if count else ([], [])
             counts.append(len(characters))
             length = VIN_LENGTH if self.format == "vin" else len(characters)
             owner = align(array[:count], length) if length else None
-            aligned.append((characters, None if owner is None else tables_of(array[:count], owner, length), owner))
+            tables = None if owner is None else tables_of(array[:count], owner, length)
+            aligned.append(AlignedLine(characters, tables, owner))
         if self.character_reader is not None and crops is not None:
             aligned = self._weigh_in_characters(aligned, crops)
         readings: list[Reading | None] = []
@@ -221,19 +231,18 @@ class LineWriter(FileResultWriter):
                 readings[row] = reading
         return self._distrust(readings, several_lines), counts  # type: ignore[arg-type]
 
-    def _weigh_in_characters(self, aligned: list[tuple], crops: list[np.ndarray | None]) -> list[tuple]:
-        """Each photo's (characters, tables, alignment), the tables combined with the character reader's reading of
-        the characters cut where the alignment puts them."""
-        rows = [i for i, (_, tables, _) in enumerate(aligned) if tables is not None and crops[i] is not None]
-        spans = [spans_of(aligned[i][2], len(aligned[i][1])) for i in rows]
-        doubted = [np.flatnonzero(aligned[i][1].max(1) < self.character_below) for i in rows]
+    def _weigh_in_characters(self, aligned: list[AlignedLine], crops: list[np.ndarray | None]) -> list[AlignedLine]:
+        """Each photo's tables combined with the character reader's reading of the characters cut where the
+        alignment puts them."""
+        rows = [i for i, line in enumerate(aligned) if line.tables is not None and crops[i] is not None]
+        spans = [spans_of(aligned[i].owner, len(aligned[i].tables)) for i in rows]
+        doubted = [np.flatnonzero(aligned[i].tables.max(1) < self.character_below) for i in rows]
         opinions = read_cut_characters(self.character_reader, [crops[i] for i in rows], spans, doubted)
         combined = list(aligned)
         for i, positions, opinion in zip(rows, doubted, opinions, strict=True):
-            characters, tables, owner = aligned[i]
-            tables = tables.copy()
+            tables = aligned[i].tables.copy()
             tables[positions] = combine_tables(tables[positions], opinion, self.character_weight)
-            combined[i] = (characters, tables, owner)
+            combined[i] = aligned[i]._replace(tables=tables)
         return combined
 
     def write_on_batch_end(
