@@ -25,6 +25,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from emnist_lit.checkpoints import load_model_of_kind
+from emnist_lit.errors import EMNISTConfigError
 from emnist_lit.images import IMAGE_FORMATS, prepare_image, to_grayscale
 from emnist_lit.line_files import collate_line_images, prepare_line
 from emnist_lit.line_module import LineRecognizer
@@ -293,20 +294,31 @@ def serve(
         host: the interface to listen on; the default keeps the page on this machine.
         port: the TCP port.
         reading: how uploaded lines are decoded (format, check digit, confidence threshold); a VIN by default.
-        line_ckpt: a line model for the page's line mode; the character model of `ckpt_path` then gives it its
-            second opinion when both read the same classes.
+        line_ckpt: a line model for the page's line mode; it takes its second opinion from `reading.character_ckpt`
+            when set, else from the served character model when both read the same classes.
     """
     import uvicorn
 
     model, info = load_demo_model(ckpt_path)
     reading = reading or LineWriter()
+    if reading.character_ckpt and not line_ckpt:
+        raise EMNISTConfigError(
+            f"reading.character_ckpt {reading.character_ckpt}: a second opinion for a line model, and serve has none "
+            "(pass --line_ckpt; the served character model then gives the second opinion itself)"
+        )
+    lines = "lines cut into characters"
     if line_ckpt:
         line_model = load_line_model(line_ckpt)
-        if line_model.classes == model.classes:
+        if reading.character_ckpt:
+            reading.load_character_reader(line_model.classes)
+        elif line_model.classes == model.classes:
             reading.character_reader = model
+        opinion = Path(reading.character_ckpt or ckpt_path).name if reading.character_reader else "no"
+        lines = f"lines read by {Path(line_ckpt).name}, {opinion} second opinion"
         reader = whole_line_reader(line_model, reading)
     else:
         reader = line_reader(model, reading)
     app = create_app(model, info, line_reader=reader)
-    print(f"serving {info['checkpoint']} ({len(model.classes)} classes) at http://{host}:{port}/", flush=True)
+    served = f"{info['checkpoint']} ({len(model.classes)} classes; {lines})"
+    print(f"serving {served} at http://{host}:{port}/", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -16,7 +16,7 @@ from emnist_lit.charsets import BALANCED47_CHARSET, VIN_CHARSET
 from emnist_lit.cli import main
 from emnist_lit.ctc import align, best_path, spans_of, tables_of
 from emnist_lit.data.lines import LineDataModule, RenderedLines, render_all
-from emnist_lit.errors import CheckpointError
+from emnist_lit.errors import CheckpointError, EMNISTConfigError
 from emnist_lit.line_ink import TEXT_HEIGHT
 from emnist_lit.line_module import LineRecognizer
 from emnist_lit.line_photos import GlyphBank
@@ -338,7 +338,12 @@ def test_read_refuses_a_wrong_second_opinion_by_name(
 
 
 def test_the_demo_page_reads_lines_with_a_line_model_as_read_does(
-    line_checkpoint: Path, vin_character_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+    line_checkpoint: Path,
+    vin_character_checkpoint: Path,
+    trained_checkpoint: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys,
 ) -> None:
     """`serve --line_ckpt`: the page's line mode reads an upload with the line model and the served character
     model's second opinion, and answers what `read` prints for the same photo with both."""
@@ -371,5 +376,19 @@ def test_the_demo_page_reads_lines_with_a_line_model_as_read_does(
     shown = " | ".join(" ".join(f"{c}:{p:.4f}" for c, p in position) for position in answer["alternatives"])
     assert shown == both["top3_per_character"]
 
+    assert (
+        f"lines read by {line_checkpoint.name}, {vin_character_checkpoint.name} second opinion"
+        in capsys.readouterr().out
+    )
+
     with pytest.raises(CheckpointError, match=f"checkpoint {vin_character_checkpoint}: holds a EMNISTClassifier"):
         serve(str(vin_character_checkpoint), line_ckpt=str(vin_character_checkpoint))
+    asked = LineWriter(character_ckpt=str(vin_character_checkpoint))
+    with pytest.raises(EMNISTConfigError, match=r"reading\.character_ckpt .*: a second opinion for a line model"):
+        serve(str(vin_character_checkpoint), reading=asked)
+    serve(str(trained_checkpoint), reading=asked, line_ckpt=str(line_checkpoint))  # a character model of 47 classes
+    answer = TestClient(apps[-1]).post("/api/predict?mode=line", content=photo.read_bytes()).json()
+    assert (
+        answer["alternatives"]
+        == TestClient(apps[0]).post("/api/predict?mode=line", content=photo.read_bytes()).json()["alternatives"]
+    ), "--reading.character_ckpt gives the second opinion"
